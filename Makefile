@@ -1,0 +1,70 @@
+# aiguard — every command a user or CI runs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3.11
+VENV        := .venv
+PY          := $(VENV)/bin/python
+LOCAL       := .local
+KUBECONFIG_LOCAL := $(LOCAL)/kubeconfig
+PACKAGES    := api/aiguard_api operator/aiguard_operator sidecar/aiguard_sidecar
+
+.PHONY: help setup system-deps k8s-binaries cluster-up cluster-down operator demo test test-unit \
+        test-cluster lint fmt crds bench clean
+
+help: ## this list
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.stamp: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[sidecar,operator,ner,dev]'
+	@touch $@
+
+setup: $(VENV)/.stamp ## .venv with the package, all extras and test tools (idempotent)
+
+system-deps: ## Debian packages the tests run for real (redis-server, prometheus); needs root
+	hack/system-deps.sh
+
+k8s-binaries: ## build etcd, kube-apiserver, kube-controller-manager, kubectl, helm once (cached)
+	@bin=$$(hack/k8s-binaries.sh) && mkdir -p $(LOCAL)/bin && \
+	  for b in etcd kube-apiserver kube-controller-manager kubectl helm; do ln -sf "$$bin/$$b" $(LOCAL)/bin/$$b; done
+
+cluster-up: setup k8s-binaries ## local control plane; kubeconfig at .local/kubeconfig
+	$(PY) -m tests.harness.cluster up --dir $(LOCAL)/cluster --kubeconfig $(KUBECONFIG_LOCAL)
+
+cluster-down: ## stop the local control plane, leave no process behind
+	@if [ -x $(PY) ]; then $(PY) -m tests.harness.cluster down --dir $(LOCAL)/cluster; fi
+
+operator: setup ## run the operator against .local/kubeconfig (webhooks on 127.0.0.1)
+	$(PY) -m tests.harness.devoperator --kubeconfig $(KUBECONFIG_LOCAL) --dir $(LOCAL)/operator
+
+demo: setup k8s-binaries ## the whole product end to end on the local control plane
+	$(PY) -m tests.harness.demo
+
+test-unit: setup ## fast tests, no control plane (seconds)
+	$(PY) -m pytest -m 'not cluster' -q
+
+test-cluster: setup k8s-binaries ## tests against the real control plane
+	$(PY) -m pytest -m cluster -q
+
+test: setup k8s-binaries lint ## everything CI runs (lint, unit, control-plane tests)
+	$(PY) -m pytest -q
+
+lint: setup ## ruff check, ruff format --check, mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(PACKAGES)
+
+fmt: setup ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+crds: setup ## regenerate crds/ and docs/policy-reference.md from the aiguard_api models
+	$(PY) -m aiguard_api.generate --crds crds --docs docs/policy-reference.md
+
+bench: setup ## benchmarks → benchmarks/results/*.json and a printed table
+	$(PY) -m benchmarks.run
+
+clean: cluster-down ## remove .venv and .local (the binary cache in ~/.cache/aiguard stays)
+	rm -rf $(VENV) $(LOCAL)

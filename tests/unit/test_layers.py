@@ -1,0 +1,72 @@
+"""The layering rules from DESIGN.md, checked on the source: aiguard_api at the bottom, the
+operator and the sidecar never import each other, only handler modules import kopf, only the
+PII NER module imports presidio. A violation fails here, not in a container at 3 a.m."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = {
+    "aiguard_api": ROOT / "api" / "aiguard_api",
+    "aiguard_operator": ROOT / "operator" / "aiguard_operator",
+    "aiguard_sidecar": ROOT / "sidecar" / "aiguard_sidecar",
+}
+FORBIDDEN = {
+    "aiguard_api": {
+        "kopf",
+        "aiohttp",
+        "presidio_analyzer",
+        "spacy",
+        "aiguard_operator",
+        "aiguard_sidecar",
+    },
+    "aiguard_operator": {"aiguard_sidecar", "presidio_analyzer", "spacy"},
+    "aiguard_sidecar": {"aiguard_operator", "kopf"},
+}
+# Modules allowed to import a heavy or framework dependency, relative to their package.
+KOPF_ALLOWED = {"handlers.py", "main.py"}
+PRESIDIO_ALLOWED_PREFIX = "guardrails/ner"
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def modules() -> list[tuple[str, Path]]:
+    return [(pkg, p) for pkg, d in PACKAGES.items() for p in sorted(d.rglob("*.py"))]
+
+
+def test_every_package_has_modules() -> None:
+    assert {pkg for pkg, _ in modules()} == set(PACKAGES)
+
+
+@pytest.mark.parametrize(
+    ("pkg", "path"), modules(), ids=lambda v: v if isinstance(v, str) else v.name
+)
+def test_module_respects_layers(pkg: str, path: Path) -> None:
+    imported = imports_of(path)
+    rel = path.relative_to(PACKAGES[pkg]).as_posix()
+    assert not imported & FORBIDDEN[pkg], f"{pkg}/{rel} imports {imported & FORBIDDEN[pkg]}"
+    if "kopf" in imported:
+        assert pkg == "aiguard_operator" and rel in KOPF_ALLOWED, f"{rel} imports kopf"
+    if {"presidio_analyzer", "spacy"} & imported:
+        assert rel.startswith(PRESIDIO_ALLOWED_PREFIX), f"{rel} imports presidio/spacy"
+
+
+def test_nothing_is_importable_as_operator() -> None:
+    # `operator/` is a folder, never a package: it would shadow the standard library.
+    assert not (ROOT / "operator" / "__init__.py").exists()
+    import operator
+
+    assert hasattr(operator, "itemgetter")
