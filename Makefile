@@ -10,7 +10,7 @@ KUBECONFIG_LOCAL := $(LOCAL)/kubeconfig
 PACKAGES    := api/aiguard_api operator/aiguard_operator sidecar/aiguard_sidecar
 
 .PHONY: help setup system-deps k8s-binaries cluster-up cluster-down operator demo test test-unit \
-        test-cluster lint fmt crds bench clean
+        test-cluster lint fmt crds train-guardrails bench clean
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,6 +62,10 @@ fmt: setup ## apply ruff fixes and formatting
 
 crds: setup ## regenerate crds/ and docs/policy-reference.md from the aiguard_api models
 	$(PY) -m aiguard_api.generate --crds crds --docs docs/policy-reference.md
+
+train-guardrails: setup ## retrain the injection/moderation classifiers from ../shared/eval (reproducible)
+	$(VENV)/bin/pip install --quiet scikit-learn
+	$(PY) hack/train_guardrails.py --eval-dir ../shared/eval --out sidecar/aiguard_sidecar/guardrails/models
 
 bench: setup ## benchmarks → benchmarks/results/*.json and a printed table
 	$(PY) -m benchmarks.run

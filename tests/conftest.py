@@ -1,0 +1,46 @@
+"""Shared fixtures. Keep each section self-contained; add new sections below the last one."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.cluster import Cluster, LocalCluster, find_bin_dir
+
+# --------------------------------------------------------------------------- control plane
+#
+# `cluster`: one etcd + kube-apiserver + kube-controller-manager per test session (about 10 s
+# to start with cached binaries). Set AIGUARD_TEST_KUBECONFIG=.local/kubeconfig to run the
+# tests against an already running control plane (`make cluster-up`) instead.
+# Tests that use it are marked `cluster` automatically, so `-m 'not cluster'` skips them.
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    bin_dir = find_bin_dir(build=False)
+    external = os.environ.get("AIGUARD_TEST_KUBECONFIG")
+    if external:
+        ca_dir = tmp_path_factory.mktemp("external-cluster")
+        yield Cluster.from_kubeconfig(Path(external), bin_dir, ca_dir)
+        return
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), bin_dir) as local:
+        yield local
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace, deleted (without waiting) after the test."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

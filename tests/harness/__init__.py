@@ -1,0 +1,1 @@
+"""Test and development harnesses: real components started as local processes."""
