@@ -5,6 +5,7 @@ Everything that crosses a component boundary is spelled once, here.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 
 API_GROUP: Final = "aiguard.dev"
@@ -55,6 +56,13 @@ APP_PLACEHOLDER_ENV: Final[dict[str, str]] = {
     "AZURE_OPENAI_API_KEY": PLACEHOLDER_KEY,
 }
 
+# Environment of the sidecar container, set by injection through the downward API.
+ENV_POD_NAME: Final = "POD_NAME"
+ENV_POD_NAMESPACE: Final = "POD_NAMESPACE"
+ENV_POD_UID: Final = "POD_UID"
+ENV_SERVICE_ACCOUNT: Final = "SERVICE_ACCOUNT"
+ENV_LOG_LEVEL: Final = "AIGUARD_LOG_LEVEL"
+
 # Files inside the sidecar container.
 SIDECAR_POLICY_DIR: Final = "/etc/aiguard/policy"
 SIDECAR_POLICY_FILE: Final = "config.json"
@@ -72,8 +80,16 @@ def configmap_name(policy_name: str) -> str:
 
 
 def secret_volume_name(secret_name: str) -> str:
-    """Volume name for a provider Secret mounted into the sidecar."""
-    return f"aiguard-secret-{secret_name}"[:63].rstrip("-")
+    """Volume name for a provider Secret mounted into the sidecar.
+
+    Unique per Secret name: when the name would exceed 63 characters it is shortened and
+    suffixed with a hash of the full Secret name, so two long names never share a volume.
+    """
+    name = f"aiguard-secret-{secret_name}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(secret_name.encode()).hexdigest()[:8]
+    return f"{name[:54].rstrip('-')}-{digest}"
 
 
 def secret_file_path(secret_name: str, key: str, root: str = SIDECAR_SECRETS_DIR) -> str:

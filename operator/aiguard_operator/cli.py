@@ -1,0 +1,254 @@
+"""``kubectl-aiguard``: the kubectl plugin (``kubectl aiguard ...`` once it is on PATH).
+
+Subcommands::
+
+    status [NAME] [-n NS | -A] [-o table|wide|json]   AIPolicies: Ready, hash, governed pods
+
+Every subcommand takes ``--kubeconfig`` and ``--context`` (as kubectl does) and talks to the
+API server through :mod:`aiguard_operator.kube`, not by running kubectl: the plugin then
+works without a kubectl of a matching version, and it reads structured objects instead of
+parsing kubectl's text. Later subcommands (scan, evidence, verify-audit, incidents, approve,
+deny) register themselves in :func:`build_parser` the same way ``status`` does.
+
+Exit codes: 0 success, 1 API or kubeconfig error, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
+
+from aiguard_api import constants
+from aiguard_operator import kube, status
+
+Command = Callable[[argparse.Namespace, TextIO], int]
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class PolicyRow:
+    """One line of ``kubectl aiguard status``."""
+
+    namespace: str
+    name: str
+    mode: str
+    ready: str
+    reason: str
+    message: str
+    governed_pods: int
+    injected_pods: int
+    compiled_hash: str
+    config_map: str
+    generation: int | None
+    observed_generation: int | None
+    created: str
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.generation is None or self.observed_generation == self.generation
+
+
+def policy_row(obj: Mapping[str, Any]) -> PolicyRow:
+    """The row of one AIPolicy object as the API returns it."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    st = obj.get("status") or {}
+    ready = status.find(st.get("conditions") or [], status.READY) or {}
+    cov = st.get("coverage") or {}
+    return PolicyRow(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        mode=str(spec.get("mode", "enforce")),
+        ready=str(ready.get("status", "Unknown")),
+        reason=str(ready.get("reason", "")),
+        message=str(ready.get("message", "")),
+        governed_pods=int(cov.get("governedPods", 0)),
+        injected_pods=int(cov.get("injectedPods", 0)),
+        compiled_hash=str(st.get("compiledHash") or ""),
+        config_map=str(st.get("configMap") or ""),
+        generation=meta.get("generation"),
+        observed_generation=st.get("observedGeneration"),
+        created=str(meta.get("creationTimestamp", "")),
+    )
+
+
+def age(created: str, now: dt.datetime) -> str:
+    """The age column as kubectl prints it (its HumanDuration): 95s, 7m3s, 42m, 5h3m, 12d."""
+    if not created:
+        return "<unknown>"
+    then = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    seconds = int((now - then).total_seconds())
+    if seconds < 0:
+        return "0s"
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    if minutes < 10:
+        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return f"{hours // 24}d{hours % 24}h" if hours % 24 else f"{hours // 24}d"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        days = hours // 24
+        return f"{days // 365}y{days % 365}d" if days % 365 else f"{days // 365}y"
+    return f"{hours // 24 // 365}y"
+
+
+def short_hash(value: str) -> str:
+    algo, _, digest = value.partition(":")
+    return f"{algo}:{digest[:12]}" if digest else (value or "-")
+
+
+def render_table(
+    rows: Sequence[PolicyRow], *, wide: bool, all_namespaces: bool, now: dt.datetime
+) -> str:
+    """The table ``status`` prints, then one explanatory line per policy that is not Ready."""
+    header = ["NAME", "MODE", "READY", "PODS", "INJECTED", "HASH", "AGE"]
+    if all_namespaces:
+        header.insert(0, "NAMESPACE")
+    if wide:
+        header += ["CONFIGMAP", "REASON"]
+    table = [header]
+    for r in rows:
+        ready = r.ready if r.up_to_date else f"{r.ready}*"
+        line = [
+            r.name,
+            r.mode,
+            ready,
+            str(r.governed_pods),
+            str(r.injected_pods),
+            r.compiled_hash if wide else short_hash(r.compiled_hash),
+            age(r.created, now),
+        ]
+        if all_namespaces:
+            line.insert(0, r.namespace)
+        if wide:
+            line += [r.config_map or "-", r.reason or "-"]
+        table.append(line)
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    out = [
+        "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+    ]
+    notes = [f"{r.namespace}/{r.name}: {r.reason}: {r.message}" for r in rows if r.ready != "True"]
+    if any(not r.up_to_date for r in rows):
+        notes.append("* the operator has not processed the latest change of this policy yet")
+    if notes:
+        out += ["", *notes]
+    return "\n".join(out) + "\n"
+
+
+async def fetch_policies(
+    creds: kube.Credentials, *, namespace: str | None, name: str | None
+) -> list[dict[str, Any]]:
+    async with kube.Client(creds) as api:
+        base = dict(group=constants.API_GROUP, version=constants.API_VERSION)
+        if name is not None:
+            assert namespace is not None
+            obj = await api.get(
+                kube.path(**base, plural=constants.PLURAL_POLICY, namespace=namespace, name=name)
+            )
+            return [obj]
+        return await api.list(
+            kube.path(**base, plural=constants.PLURAL_POLICY, namespace=namespace)
+        )
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    creds = kube.load(args.kubeconfig, context=args.context)
+    namespace = None if args.all_namespaces else (args.namespace or creds.namespace)
+    if args.name and namespace is None:
+        raise UsageError("a NAME needs a namespace, not --all-namespaces")
+    items = asyncio.run(fetch_policies(creds, namespace=namespace, name=args.name))
+    rows = sorted((policy_row(i) for i in items), key=lambda r: (r.namespace, r.name))
+    if args.output == "json":
+        out.write(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    elif not rows:
+        where = "any namespace" if namespace is None else f"namespace {namespace}"
+        print(f"No AIPolicies found in {where}.", file=sys.stderr)
+    else:
+        out.write(
+            render_table(
+                rows,
+                wide=args.output == "wide",
+                all_namespaces=namespace is None,
+                now=dt.datetime.now(dt.UTC),
+            )
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+class UsageError(Exception):
+    """Arguments that parse but do not make sense together."""
+
+
+def _cluster_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
+    )
+    common.add_argument("--context", help="kubeconfig context (default: current-context)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubectl aiguard",
+        description="aiguard: LLM policy enforcement on Kubernetes.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _cluster_options()
+
+    st = sub.add_parser(
+        "status",
+        parents=[common],
+        help="list AIPolicies: Ready, compiled hash, governed pods",
+        description="List AIPolicies with their Ready condition, compiled config hash and the "
+        "number of pods each governs (and how many of those run the sidecar).",
+    )
+    st.add_argument("name", nargs="?", help="one policy (default: all in the namespace)")
+    scope = st.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help="namespace (default: the context's)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    st.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table")
+    st.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args, out or sys.stdout)
+    except UsageError as e:
+        parser.error(str(e))
+    except kube.KubeConfigError as e:
+        print(f"kubectl-aiguard: {e}", file=sys.stderr)
+    except kube.ApiError as e:
+        print(f"kubectl-aiguard: {e.message or e}", file=sys.stderr)
+    except OSError as e:  # connection refused, TLS errors
+        print(f"kubectl-aiguard: cannot reach the API server: {e}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
