@@ -1,0 +1,90 @@
+"""Where guardrails plug into the request path (the guardrails issue implements them).
+
+The pipeline calls, in order::
+
+    await guardrails.check_input(exchange)            before routing; may rewrite segments
+    ── upstream ──
+    JSON:   await guardrails.check_output(exchange, response)   may rewrite output segments
+    stream: guard = guardrails.output_stream(exchange)           None: relay untouched
+            guard.on_event(event)  per event with its text deltas; may rewrite via
+                                   ``event.set_text`` (holdback: return HOLD and release later)
+            guard.on_end()         when the upstream stream ends
+
+Guardrails see :class:`~aiguard_sidecar.exchange.Exchange` segments and stream deltas, never
+provider formats; edits go back through the segments' locators. A ``block`` verdict becomes a
+400 in the client's format (in a stream: an error event); in ``mode: audit`` the pipeline
+records it and changes nothing. :class:`NoGuardrails` is the default: it costs one await.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from aiguard_api.config import SidecarConfig
+from aiguard_sidecar.exchange import Exchange, ResponseInfo, StreamEvent
+
+
+class Verdict(enum.Enum):
+    ALLOW = "allow"  # unchanged, or changed through set_text
+    BLOCK = "block"
+    HOLD = "hold"  # streams: keep this event back (the guard re-emits it later)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardDecision:
+    verdict: Verdict = Verdict.ALLOW
+    rule: str | None = None  # e.g. "guardrails.input.pii"
+    reason: str = ""  # names the guardrail and finding type, never the content
+    findings: int = 0
+    released: tuple[StreamEvent, ...] = ()
+    """Streams: held-back events to send now, before the current one."""
+
+    @property
+    def blocked(self) -> bool:
+        return self.verdict is Verdict.BLOCK
+
+
+ALLOW: Final = GuardDecision()
+
+
+class StreamGuard(Protocol):
+    def on_event(self, event: StreamEvent) -> GuardDecision: ...
+
+    def on_end(self) -> GuardDecision: ...
+
+
+class Guardrails(Protocol):
+    async def check_input(self, exchange: Exchange) -> GuardDecision: ...
+
+    async def check_output(self, exchange: Exchange, response: ResponseInfo) -> GuardDecision: ...
+
+    def output_stream(self, exchange: Exchange) -> StreamGuard | None: ...
+
+    async def close(self) -> None: ...
+
+
+class NoGuardrails:
+    """Allows everything; the stream fast path (no per-event call)."""
+
+    async def check_input(self, exchange: Exchange) -> GuardDecision:
+        return ALLOW
+
+    async def check_output(self, exchange: Exchange, response: ResponseInfo) -> GuardDecision:
+        return ALLOW
+
+    def output_stream(self, exchange: Exchange) -> StreamGuard | None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+GuardrailsFactory = Callable[[SidecarConfig], Guardrails]
+"""Builds the guardrails of one policy version (called at each policy load)."""
+
+
+def no_guardrails(cfg: SidecarConfig) -> Guardrails:
+    return NoGuardrails()

@@ -1,0 +1,156 @@
+"""``aiguard-sidecar``: the console script.
+
+::
+
+    aiguard-sidecar --policy FILE [--listen HOST:PORT] [--admin HOST:PORT]
+                    [--secrets-dir DIR] [--log-level LEVEL] [--drain-seconds S]
+    aiguard-sidecar scan ...        the policy's guardrails over JSON lines (``scan.py``)
+
+``--policy`` takes the compiled config the operator writes (``/etc/aiguard/policy/config.json``)
+or, for local use, an AIPolicy manifest. ``--listen`` defaults to ``127.0.0.1:15080`` (only the
+pod's own containers can reach it). ``--admin`` defaults to ``0.0.0.0:15090`` so the kubelet's
+probes and Prometheus can reach ``/healthz``, ``/readyz`` and ``/metrics``; bind it to
+``127.0.0.1:15090`` when running outside a cluster.
+
+The workload identity comes from the environment the injector sets through the downward API
+(``AIGUARD_POD_NAMESPACE``, ``AIGUARD_POD_SERVICE_ACCOUNT``, ``AIGUARD_POD_NAME``); outside a
+cluster the policy's namespace, ``default`` and the host name stand in, with a warning.
+
+SIGTERM/SIGINT drain: ``/readyz`` turns 503, the proxy stops accepting connections, in-flight
+requests get ``--drain-seconds`` to finish, then the process exits 0. A policy that cannot be
+loaded at startup exits 2 with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiguard_api import constants
+from aiguard_api.config import ConfigError, load_config
+from aiguard_sidecar import logs
+from aiguard_sidecar.app import Settings, SidecarServer
+from aiguard_sidecar.identity import Workload
+
+log = logging.getLogger("aiguard.sidecar")
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aiguard-sidecar", description="aiguard's LLM egress enforcement sidecar."
+    )
+    p.add_argument("--policy", required=True, type=Path, help="compiled config or AIPolicy file")
+    p.add_argument(
+        "--listen",
+        type=_address,
+        default=(constants.SIDECAR_PROXY_HOST, constants.SIDECAR_PROXY_PORT),
+        help="proxy address (default 127.0.0.1:15080)",
+    )
+    p.add_argument(
+        "--admin",
+        type=_address,
+        default=("0.0.0.0", constants.SIDECAR_ADMIN_PORT),  # noqa: S104
+        help="admin address for /metrics, /healthz, /readyz (default 0.0.0.0:15090)",
+    )
+    p.add_argument("--secrets-dir", help="where Secret NAME key KEY is read: DIR/NAME/KEY")
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("AIGUARD_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=20.0,
+        help="on SIGTERM, time in-flight requests get to finish (default 20)",
+    )
+    return p
+
+
+def workload_from_env(policy_namespace: str) -> Workload:
+    try:
+        return Workload.from_env()
+    except ValueError as e:
+        w = Workload(
+            namespace=policy_namespace, service_account="default", pod=socket.gethostname()
+        )
+        log.warning(
+            "workload identity not set by the injector; using a local stand-in",
+            extra={"fields": {"error": str(e), "workload": w.ref, "pod": w.pod}},
+        )
+        return w
+
+
+async def serve(settings: Settings) -> int:
+    server = SidecarServer(settings)
+    try:
+        await server.start()
+    except ConfigError as e:
+        log.error("cannot load the policy", extra={"fields": {"error": str(e)}})
+        return 2
+    except OSError as e:
+        log.error("cannot listen", extra={"fields": {"error": str(e)}})
+        return 1
+    # Startup objects (pydantic models, compiled policy) live for the whole process: keep them
+    # out of the collector's full passes, whose pauses would stall requests.
+    gc.collect()
+    gc.freeze()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["scan"]:  # ``aiguard-sidecar scan``: the guardrails over JSON lines
+        from aiguard_sidecar import scan  # imported here: it loads the guardrail engine
+
+        return scan.main(argv[1:])
+    args = parser().parse_args(argv)
+    listener = logs.setup(args.log_level)
+    try:
+        return _run(args)
+    finally:
+        listener.stop()
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        namespace = load_config(args.policy, secrets_dir=args.secrets_dir).policy.namespace
+    except ConfigError as e:
+        log.error("cannot load the policy", extra={"fields": {"error": str(e)}})
+        return 2
+    settings = Settings(
+        policy_path=args.policy,
+        workload=workload_from_env(namespace),
+        listen_host=args.listen[0],
+        listen_port=args.listen[1],
+        admin_host=args.admin[0],
+        admin_port=args.admin[1],
+        secrets_dir=args.secrets_dir,
+        drain_seconds=args.drain_seconds,
+    )
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
