@@ -67,7 +67,8 @@ train-guardrails: setup ## retrain the injection/moderation classifiers from ../
 	$(VENV)/bin/pip install --quiet scikit-learn
 	$(PY) hack/train_guardrails.py --eval-dir ../shared/eval --out sidecar/aiguard_sidecar/guardrails/models
 
-bench: setup ## benchmarks → benchmarks/results/*.json and a printed table
+bench: setup k8s-binaries ## benchmarks → benchmarks/results/*.json and a printed table
+	hack/install-bench-tools.sh
 	$(PY) -m benchmarks.run
 
 clean: cluster-down ## remove .venv and .local (the binary cache in ~/.cache/aiguard stays)
