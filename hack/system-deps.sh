@@ -3,7 +3,7 @@
 #
 #   hack/system-deps.sh        # = make system-deps; needs root (or sudo) the first time
 #
-# redis-server: shared rate limits across sidecars. prometheus + promtool: scrape tests and
+# redis-server: shared rate limits across sidecars. postgresql: the collector's scale store. prometheus + promtool: scrape tests and
 # rule unit tests. Go (for the control plane build) and Python 3.11 must already be present.
 set -euo pipefail
 
@@ -12,8 +12,11 @@ declare -A PKG_FOR=(
   [prometheus]=prometheus
   [promtool]=prometheus
 )
+# PostgreSQL's server binaries are not on PATH: look for Debian's initdb.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || PKG_FOR[initdb]=postgresql
 missing=()
 for cmd in "${!PKG_FOR[@]}"; do
+  if [ "$cmd" = initdb ]; then missing+=(postgresql); continue; fi
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG_FOR[$cmd]}")
 done
 for tool in go python3.11; do
@@ -31,7 +34,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 # The Debian packages enable their services; tests start their own instances on free ports.
-for svc in redis-server prometheus; do
+for svc in redis-server prometheus postgresql; do
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
 done
 echo "system-deps: done"

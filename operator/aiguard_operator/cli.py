@@ -3,6 +3,7 @@
 Subcommands::
 
     status [NAME] [-n NS | -A] [-o table|wide|json]   AIPolicies: Ready, hash, governed pods
+    verify-audit (--collector URL | FILE...)          audit hash chains: gaps, edits, order
 
 Every subcommand takes ``--kubeconfig`` and ``--context`` (as kubectl does) and talks to the
 API server through :mod:`aiguard_operator.kube`, not by running kubectl: the plugin then
@@ -19,12 +20,16 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
+import ssl
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from aiguard_api import constants
+import aiohttp
+
+from aiguard_api import audit, constants
 from aiguard_operator import kube, status
 
 Command = Callable[[argparse.Namespace, TextIO], int]
@@ -193,6 +198,160 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- verify-audit
+#
+# kubectl aiguard verify-audit (--collector URL | FILE...): the hash chains of audit events,
+# from the collector or from exported JSON-lines files (events, plus purge records that say
+# where purged chains now start). Exit 0: every chain intact; 1: problems (each names the
+# event: instance, sequence, id, file line) or the collector could not be read.
+
+
+@dataclass
+class AuditInput:
+    events: list[Any]
+    starts: dict[str, audit.ChainStart]
+    heads: dict[str, int]
+    origins: list[str]
+    """Where each event came from (``file:line`` or the collector), by position."""
+    purges: list[dict[str, Any]]
+
+
+def read_audit_files(paths: Sequence[str]) -> AuditInput:
+    """Events and purge records from JSON-lines files; a line that is not JSON is kept as a
+    string so that the verifier reports it (``invalid``) at its line."""
+    data = AuditInput([], {}, {}, [], [])
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    doc: Any = json.loads(line)
+                except ValueError:
+                    doc = line.rstrip("\n")
+                if isinstance(doc, dict) and doc.get("schema") == audit.PURGE_SCHEMA:
+                    data.purges.append(doc)
+                    data.starts.update(audit.PurgeRecord.model_validate(doc).starts())
+                    continue
+                data.events.append(doc)
+                data.origins.append(f"{path}:{number}")
+    return data
+
+
+async def fetch_audit(
+    url: str,
+    *,
+    token: str | None,
+    ca_file: str | None,
+    namespace: str | None,
+    instance: str | None,
+) -> AuditInput:
+    """Whole chains from the collector, in sequence order, with their starts and heads."""
+    base = url.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    ssl_ctx: Any = None
+    if ca_file:
+        ssl_ctx = ssl.create_default_context(cafile=ca_file)
+    data = AuditInput([], {}, {}, [], [])
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+
+        async def get(path: str, params: dict[str, str]) -> Any:
+            async with http.get(base + path, params=params, ssl=ssl_ctx) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    raise CollectorError(f"GET {path}: {resp.status}: {text[:300]}")
+                return json.loads(text)
+
+        ns = {"namespace": namespace} if namespace else {}
+        chains = (await get("/v1/chains", ns))["chains"]
+        for c in chains:
+            if instance is not None and c["instance"] != instance:
+                continue
+            data.heads[c["instance"]] = int(c["head"]["sequence"])
+            start = c.get("start")
+            if start:
+                data.starts[c["instance"]] = audit.ChainStart(
+                    int(start["sequence"]), str(start["prev_hash"]), start.get("purge_id")
+                )
+        data.purges = (await get("/v1/purges", ns))["purges"]
+        params = {"order": "sequence", "limit": "5000", **ns}
+        if instance is not None:
+            params["instance"] = instance
+        while True:
+            page = await get("/v1/events", params)
+            data.events.extend(page["events"])
+            if not page.get("next"):
+                break
+            params["after"] = page["next"]
+    data.origins = [f"{base} item {i + 1}" for i in range(len(data.events))]
+    return data
+
+
+class CollectorError(Exception):
+    """The collector answered with an error."""
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            return f.read().strip()
+    return os.environ.get("AIGUARD_COLLECTOR_TOKEN") or None
+
+
+def cmd_verify_audit(args: argparse.Namespace, out: TextIO) -> int:
+    if bool(args.files) == bool(args.collector):
+        raise UsageError("give either --collector URL or exported FILEs")
+    if args.files:
+        if args.save:
+            raise UsageError("--save exports from a collector; FILEs are exports already")
+        data = read_audit_files(args.files)
+    else:
+        try:
+            data = asyncio.run(
+                fetch_audit(
+                    args.collector,
+                    token=_token(args),
+                    ca_file=args.ca_file,
+                    namespace=args.namespace,
+                    instance=args.instance,
+                )
+            )
+        except (CollectorError, aiohttp.ClientError, ValueError, KeyError) as e:
+            print(f"kubectl-aiguard: cannot read the collector: {e}", file=sys.stderr)
+            return 1
+        if args.save:
+            with open(args.save, "w", encoding="utf-8") as f:
+                for record in data.purges:
+                    f.write(json.dumps(record, sort_keys=True) + "\n")
+                for event in data.events:
+                    f.write(audit.canonical(event).decode() + "\n")
+    problems = audit.verify_chain(data.events, starts=data.starts, heads=data.heads)
+    chains = {e.get("instance") for e in data.events if isinstance(e, dict)}
+    if args.output == "json":
+        report = {
+            "ok": not problems,
+            "events": len(data.events),
+            "chains": len(chains),
+            "problems": [{**p.to_json(), "at": _origin(data, p.position)} for p in problems],
+        }
+        out.write(json.dumps(report, indent=2) + "\n")
+    else:
+        for p in problems:
+            out.write(f"{p}  [{_origin(data, p.position)}]\n")
+        verdict = "OK" if not problems else f"{len(problems)} problem(s)"
+        out.write(f"verified {len(data.events)} events in {len(chains)} chain(s): {verdict}\n")
+    return 1 if problems else 0
+
+
+def _origin(data: AuditInput, position: int | None) -> str:
+    if position is None or not 0 <= position < len(data.origins):
+        return "-"
+    return data.origins[position]
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -230,6 +389,24 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     st.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table")
     st.set_defaults(func=cmd_status)
+
+    va = sub.add_parser(
+        "verify-audit",
+        help="verify audit hash chains (collector or exported files)",
+        description="Verify the hash chains of audit events, from the collector or from "
+        "exported JSON-lines files, and report every gap, reordering, duplicate, edit and "
+        "broken link with the exact event. Exit 0: intact; 1: problems or unreadable.",
+    )
+    va.add_argument("files", nargs="*", metavar="FILE", help="exported events (JSON lines)")
+    va.add_argument("--collector", metavar="URL", help="collector base URL")
+    va.add_argument("--token", help="bearer token for the collector")
+    va.add_argument("--token-file", help="file holding the bearer token")
+    va.add_argument("--ca-file", help="CA bundle of the collector's certificate")
+    va.add_argument("-n", "--namespace", help="only chains of this namespace")
+    va.add_argument("--instance", help="only this chain (NAMESPACE/POD/BOOT)")
+    va.add_argument("--save", metavar="FILE", help="also export what was fetched (JSON lines)")
+    va.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    va.set_defaults(func=cmd_verify_audit)
     return parser
 
 

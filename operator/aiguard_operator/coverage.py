@@ -21,12 +21,15 @@ is a gap too; it is in ``CoverageReport.gaps`` but under no policy.
 Pods that finished (``Succeeded``/``Failed``) or are being deleted are not counted: they run
 nothing that could call an LLM.
 
-Two entry points::
+Three entry points::
 
     assess(pods, policies, *, namespace, namespace_labels, operator_namespace) -> CoverageReport
         pods as dicts (a LIST of the namespace's pods), policies as injection.PolicyInfo
+    report(facts, selectors, *, namespace_labels=...)                        -> CoverageReport
+        pods as PodFacts (small records kept in a kopf index), policies as PolicySelector;
+        Memo().report(...) the same, recounting only the pods that changed since its last call
     count(facts, selectors, *, namespace_labels=...)                         -> {policy: Coverage}
-        pods as PodFacts (small records kept in a kopf index), policies as PolicySelector
+        the same, only the per-policy counts
 """
 
 from __future__ import annotations
@@ -162,31 +165,52 @@ def assess(
     excluded = frozenset(excluded_namespaces)
     out: list[PodCoverage] = []
     for pod in pods:
-        if not _is_running(pod):
-            continue
-        name = str((pod.get("metadata") or {}).get("name", ""))
-        if injection.has_sidecar(pod):
-            status = injection.read_status(pod)
-            running = [status["policy"]] if status else _applicable(pod, policy_list)[:1]
-            out.append(PodCoverage(name, "injected", tuple(running)))
-            continue
-        reason = injection.injection_required(
+        found = _assess_pod(
             pod,
-            namespace_labels,
-            operator_namespace=operator_namespace,
+            policy_list,
             namespace=namespace,
+            namespace_labels=namespace_labels,
+            operator_namespace=operator_namespace,
             excluded_namespaces=excluded,
         )
-        if reason is not None and not reason.warning:
-            continue  # never asked for the sidecar: not opted in, opted out, excluded
-        if reason is None:
-            choice = injection.choose_policy(pod, policy_list)
-            reason = choice if isinstance(choice, injection.SkipReason) else SIDECAR_MISSING
-        out.append(PodCoverage(name, "uninjected", tuple(_applicable(pod, policy_list)), reason))
+        if found is not None:
+            out.append(found)
     return CoverageReport(
         policies=tuple(p.name for p in policy_list),
         pods=tuple(sorted(out, key=lambda p: p.pod)),
     )
+
+
+def _assess_pod(
+    pod: Mapping[str, Any],
+    policy_list: Sequence[injection.PolicyInfo],
+    *,
+    namespace: str,
+    namespace_labels: Mapping[str, str],
+    operator_namespace: str,
+    excluded_namespaces: frozenset[str],
+) -> PodCoverage | None:
+    """One pod's coverage; None when it does not count (finished, or never asked)."""
+    if not _is_running(pod):
+        return None
+    name = str((pod.get("metadata") or {}).get("name", ""))
+    if injection.has_sidecar(pod):
+        status = injection.read_status(pod)
+        running = [status["policy"]] if status else _applicable(pod, policy_list)[:1]
+        return PodCoverage(name, "injected", tuple(running))
+    reason = injection.injection_required(
+        pod,
+        namespace_labels,
+        operator_namespace=operator_namespace,
+        namespace=namespace,
+        excluded_namespaces=excluded_namespaces,
+    )
+    if reason is not None and not reason.warning:
+        return None  # never asked for the sidecar: not opted in, opted out, excluded
+    if reason is None:
+        choice = injection.choose_policy(pod, policy_list)
+        reason = choice if isinstance(choice, injection.SkipReason) else SIDECAR_MISSING
+    return PodCoverage(name, "uninjected", tuple(_applicable(pod, policy_list)), reason)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,6 +320,88 @@ def governing_policy(pod: PodFacts, policies: Iterable[PolicySelector]) -> str |
     return None if isinstance(choice, injection.SkipReason) else choice.policy.name
 
 
+def report(
+    pods: Iterable[PodFacts],
+    policies: Sequence[PolicySelector],
+    *,
+    namespace: str = "",
+    namespace_labels: Mapping[str, str] | None = None,
+    operator_namespace: str = "",
+    excluded_namespaces: Iterable[str] = injection.SYSTEM_NAMESPACES,
+) -> CoverageReport:
+    """``assess`` for pods as ``PodFacts`` and policies as ``PolicySelector``: per policy
+    counts (``by_policy``) and every gap with its reason (``gaps``).
+
+    Pass ``namespace_labels``: without them only pods opted in by their own label count
+    (a namespace-level opt-in is invisible).
+    """
+    return assess(
+        (p.as_pod() for p in pods),
+        [p.info() for p in policies],
+        namespace=namespace,
+        namespace_labels=namespace_labels or {},
+        operator_namespace=operator_namespace,
+        excluded_namespaces=excluded_namespaces,
+    )
+
+
+class Memo:
+    """``report`` for one namespace, again and again, at the cost of the pods that changed.
+
+    A kopf index keeps a pod's ``PodFacts`` object until the pod changes (it replaces only
+    values that differ), so a pod whose facts are the *same object* as at the last count has
+    the same result, as long as the policies, the namespace's labels and the settings are
+    equal too (otherwise everything is counted afresh). A rollout's recount is then O(new
+    pods) instead of O(pods): 600 pods cost 70 ms counted afresh, on the event loop that
+    also answers admission requests.
+    """
+
+    def __init__(self) -> None:
+        self._context: tuple[Any, ...] | None = None
+        self._pods: dict[int, tuple[PodFacts, PodCoverage | None]] = {}
+
+    def report(
+        self,
+        pods: Iterable[PodFacts],
+        policies: Sequence[PolicySelector],
+        *,
+        namespace: str = "",
+        namespace_labels: Mapping[str, str] | None = None,
+        operator_namespace: str = "",
+        excluded_namespaces: Iterable[str] = injection.SYSTEM_NAMESPACES,
+    ) -> CoverageReport:
+        """The same as :func:`report`."""
+        labels = dict(namespace_labels or {})
+        excluded = frozenset(excluded_namespaces)
+        context = (list(policies), labels, namespace, operator_namespace, excluded)
+        if context != self._context:
+            self._context, self._pods = context, {}
+        infos = [p.info() for p in policies]
+        kept: dict[int, tuple[PodFacts, PodCoverage | None]] = {}
+        out: list[PodCoverage] = []
+        for facts in pods:
+            hit = self._pods.get(id(facts))
+            if hit is not None and hit[0] is facts:
+                found = hit[1]
+            else:
+                found = _assess_pod(
+                    facts.as_pod(),
+                    infos,
+                    namespace=namespace,
+                    namespace_labels=labels,
+                    operator_namespace=operator_namespace,
+                    excluded_namespaces=excluded,
+                )
+            kept[id(facts)] = (facts, found)  # holding `facts` keeps its id from being reused
+            if found is not None:
+                out.append(found)
+        self._pods = kept
+        return CoverageReport(
+            policies=tuple(p.name for p in policies),
+            pods=tuple(sorted(out, key=lambda p: p.pod)),
+        )
+
+
 def count(
     pods: Iterable[PodFacts],
     policies: Sequence[PolicySelector],
@@ -303,17 +409,14 @@ def count(
     namespace: str = "",
     namespace_labels: Mapping[str, str] | None = None,
     operator_namespace: str = "",
+    excluded_namespaces: Iterable[str] = injection.SYSTEM_NAMESPACES,
 ) -> dict[str, Coverage]:
-    """Coverage per policy (every policy given has an entry).
-
-    Pass ``namespace_labels``: without them only pods opted in by their own label count
-    (a namespace-level opt-in is invisible).
-    """
-    report = assess(
-        (p.as_pod() for p in pods),
-        [p.info() for p in policies],
+    """Coverage per policy (every policy given has an entry); see ``report``."""
+    return report(
+        pods,
+        policies,
         namespace=namespace,
-        namespace_labels=namespace_labels or {},
+        namespace_labels=namespace_labels,
         operator_namespace=operator_namespace,
-    )
-    return report.by_policy()
+        excluded_namespaces=excluded_namespaces,
+    ).by_policy()

@@ -12,40 +12,73 @@ handler                                        does
                                                Events; then the peers' overlap and coverage
 ``forget``             on.event DELETED        delete the ConfigMap (the GC would, too)
 ``validate_policy``    on.validate             admission: reject invalid policies
+``inject_pod_*``       on.mutate pods CREATE   admission: inject the sidecar (two webhooks,
+                                               see :mod:`aiguard_operator.admission`)
 ``aiguard_pods``       index pods              per namespace: small records of its pods
 ``aiguard_namespaces`` index namespaces        namespace → labels (namespace opt-in)
-``aiguard_policies``   index AIPolicies        per namespace: selector, readiness, coverage
-``pod_changed``        on.event pods           keep ``status.coverage`` of policies current
-``shutdown``           on.cleanup              stop certificate rotation, close the client
+``aiguard_policies``   index AIPolicies        per namespace: selector, readiness, coverage,
+                                               and what injection needs (``PolicyInfo``)
+``pod_changed``        on.event pods           schedule a coverage recount of the namespace
+``namespace_changed``  on.event namespaces     the indices are loaded (admission may use
+                                               them); a label change → coverage recount
+``shutdown``           on.cleanup              stop the background tasks, close the client
 =============================================  ============================================
 
+Background tasks (started by ``configure``): certificate rotation, the Event recorder
+(:mod:`aiguard_operator.events`), the coverage worker (recounts namespaces after changes,
+debounced, and all of them every ``AIGUARD_COVERAGE_INTERVAL_SECONDS``), and the
+``/metrics`` endpoint (:mod:`aiguard_operator.metrics`).
+
 No finalizers: deleting a policy never waits for the operator. The ConfigMap carries an
-owner reference, so the garbage collector removes it even while the operator is down.
+owner reference, so the garbage collector removes it even while the operator is down. (So no
+kopf timers or daemons either: kopf puts a finalizer on every object that has one.)
+
+Admission makes no API calls: the pod webhooks read kopf's in-memory indices of policies
+and namespaces. kopf gates its resource handlers, not its webhooks, on the indices being
+loaded; ``namespace_changed`` runs only once they are, and admission waits for that (within
+the webhook's timeout) right after a start.
 
 kopf's managed webhook configurations have no ``namespaceSelector``; :func:`_exclude_namespaces`
 adds one (kube-system and configured namespaces are never sent to the webhook), so a stopped
-operator can never block changes there.
+operator can never block changes there, and gives the pod webhooks their own selectors,
+``failurePolicy`` and ``timeoutSeconds``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
+import re
 import socket
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
+from aiohttp import web
 from kopf._core.engines import admission as kopf_admission  # see _exclude_namespaces
 
 from aiguard_api import constants
 from aiguard_api.config import compile_policy
 from aiguard_api.policy import AIPolicy, LabelSelector
-from aiguard_operator import certs, configmaps, coverage, kube, status, validation
+from aiguard_operator import (
+    admission,
+    certs,
+    configmaps,
+    coverage,
+    events,
+    injection,
+    kube,
+    metrics,
+    status,
+    validation,
+)
+from aiguard_operator.collector import server as collector_server
 from aiguard_operator.settings import Settings, from_env
 
 logger = logging.getLogger("aiguard.operator")
@@ -57,10 +90,27 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 KOPF_STORAGE_PREFIX = "operator.aiguard.dev"
 CERT_CHECK_INTERVAL = 3600.0
 MEMO_KEY = "aiguard"
+COMPONENT = "aiguard-operator"
+COVERAGE_DEBOUNCE = 1.0
+"""Seconds the coverage worker waits after a change, so a rollout is one recount."""
+UNINJECTED_REASON = "UninjectedPods"
+"""Event reason on a policy when pods it governs appear without the sidecar."""
+MAX_EVENT_PODS = 10
+POLICY_WAIT_INTERVAL = 0.05
+"""Seconds between looks at a policy being compiled while a pod that needs it waits."""
 
 PodIndex = kopf.Index[str, "coverage.PodFacts"]
 PolicyIndex = kopf.Index[str, "PolicyEntry"]
 NamespaceIndex = kopf.Index[str, "dict[str, str]"]
+
+
+@dataclass(frozen=True)
+class Indices:
+    """kopf's indices, captured once loaded: live read-only views, current at every read."""
+
+    pods: PodIndex
+    policies: PolicyIndex
+    namespaces: NamespaceIndex
 
 
 @dataclass
@@ -69,7 +119,18 @@ class Runtime:
 
     settings: Settings
     api: kube.Client
+    recorder: events.Recorder
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    metrics_runner: web.AppRunner | None = None
+    indices: Indices | None = None
+    indexed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once kopf has loaded every index (``namespace_changed`` ran)."""
+    coverage_pending: set[str] = field(default_factory=set)
+    coverage_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    known_gaps: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    """(namespace, policy) → its uninjected pods when last reported (for new-gap Events)."""
+    coverage_memos: dict[str, coverage.Memo] = field(default_factory=dict)
+    """Namespace → the per-pod results of its last coverage count."""
 
 
 def _runtime(memo: Mapping[str, Any]) -> Runtime:
@@ -101,8 +162,16 @@ def webhook_namespace_selector(excluded: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _exclude_namespaces(excluded: Sequence[str]) -> None:
-    """Make kopf's managed webhook configurations skip ``excluded`` namespaces.
+def webhook_name(handler_id: str, suffix: str) -> str:
+    """The name kopf gives a handler's entry in a managed webhook configuration."""
+    return f"{handler_id.replace('/', '.').replace('_', '-')}.{suffix}"
+
+
+def _exclude_namespaces(
+    excluded: Sequence[str], overrides: Mapping[str, Mapping[str, Any]] | None = None
+) -> None:
+    """Make kopf's managed webhook configurations skip ``excluded`` namespaces, and set the
+    fields in ``overrides`` (handler id → fields) on those handlers' webhooks.
 
     kopf (1.45) builds the managed configurations in ``admission.build_webhooks`` and offers
     no namespaceSelector. We wrap that one function; if a kopf version no longer has it, the
@@ -116,15 +185,31 @@ def _exclude_namespaces(excluded: Sequence[str]) -> None:
         )
     original: Callable[..., list[dict[str, Any]]] = getattr(current, "__wrapped__", current)
     selector = webhook_namespace_selector(excluded)
+    changes = dict(overrides or {})
 
     def build_webhooks(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         hooks = original(*args, **kwargs)
+        suffix = str(kwargs.get("name_suffix", ""))
         for hook in hooks:
             hook["namespaceSelector"] = selector
+            for handler_id, fields in changes.items():
+                if hook.get("name") == webhook_name(handler_id, suffix):
+                    hook.update(fields)
         return hooks
 
     build_webhooks.__wrapped__ = original  # type: ignore[attr-defined]
     kopf_admission.build_webhooks = build_webhooks
+
+
+_PLAIN_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _watched_names(patterns: Sequence[str]) -> list[str]:
+    """The namespaces a namespaced operator serves, when all are plain names (no kopf globs
+    or negations): the pod webhooks then select only those. Empty: no restriction."""
+    if patterns and all(_PLAIN_NAMESPACE.match(p) for p in patterns):
+        return list(patterns)
+    return []
 
 
 def _webhook_server(cfg: Settings) -> kopf.WebhookServer:
@@ -216,21 +301,43 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if cfg.webhook.enabled:
         settings.admission.server = _webhook_server(cfg)
         if cfg.webhook.managed:
-            _exclude_namespaces(cfg.webhook.exclude_namespaces)
+            pod_hooks = admission.pod_webhooks(
+                excluded=cfg.webhook.exclude_namespaces,
+                watched=_watched_names(cfg.namespaces),
+                failure_policy=cfg.injection.failure_policy,
+                timeout_seconds=cfg.injection.timeout_seconds,
+            )
+            _exclude_namespaces(cfg.webhook.exclude_namespaces, pod_hooks)
             settings.admission.managed = cfg.webhook.managed
 
-    runtime = Runtime(settings=cfg, api=kube.Client(kube.load(cfg.kubeconfig)))
+    runtime = Runtime(
+        settings=cfg,
+        api=kube.Client(kube.load(cfg.kubeconfig)),
+        recorder=events.Recorder(component=COMPONENT, instance=socket.gethostname()),
+    )
     await runtime.api.open()
     if cfg.peering:
         await _ensure_peering_object(runtime.api, cfg.peering)
+    metrics.initialise(admission.metric_series())
+    if cfg.metrics.addr is not None:
+        runtime.metrics_runner = await metrics.serve(cfg.metrics.addr, cfg.metrics.port)
     if cfg.webhook.enabled and cfg.webhook.generate_certs:
         runtime.tasks.append(asyncio.create_task(_rotate_certs(cfg), name="aiguard-certs"))
+    runtime.tasks.append(
+        asyncio.create_task(runtime.recorder.run(runtime.api), name="aiguard-events")
+    )
+    runtime.tasks.append(asyncio.create_task(_coverage_worker(runtime), name="aiguard-coverage"))
     memo[MEMO_KEY] = runtime
+    await collector_server.start_in(memo, runtime.api)  # audit collector, if AIGUARD_COLLECTOR
     logger.info(
-        "aiguard operator: watching %s; peering %s; webhook %s",
+        "aiguard operator: watching %s; peering %s; webhook %s; pod injection failurePolicy "
+        "%s, sidecar %s; metrics %s",
         ", ".join(cfg.namespaces) or "all namespaces",
         cfg.peering or "off (standalone)",
         f"https://{cfg.webhook.url_host}:{cfg.webhook.port}" if cfg.webhook.enabled else "off",
+        cfg.injection.failure_policy,
+        cfg.sidecar.image,
+        f"http://{cfg.metrics.addr}:{cfg.metrics.port}/metrics" if cfg.metrics.addr else "off",
     )
 
 
@@ -244,6 +351,9 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     for task in runtime.tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if runtime.metrics_runner is not None:
+        await runtime.metrics_runner.cleanup()
+    await collector_server.stop_in(memo)  # audit collector
     await runtime.api.close()
 
 
@@ -425,6 +535,13 @@ def _pods_in(index: PodIndex | None, namespace: str) -> list[coverage.PodFacts]:
     return [p for p in index.get(namespace, []) if isinstance(p, coverage.PodFacts)]
 
 
+def _labels_in(index: NamespaceIndex | None, namespace: str) -> dict[str, str] | None:
+    """The namespace's labels from the kopf index; None when it has not seen the namespace."""
+    if index is None:
+        return None
+    return next((v for v in index.get(namespace, []) if isinstance(v, dict)), None)
+
+
 def _coverage(
     runtime: Runtime,
     namespace: str,
@@ -432,18 +549,31 @@ def _coverage(
     *,
     pods: PodIndex | None,
     namespaces: NamespaceIndex | None,
-) -> dict[str, coverage.Coverage]:
-    """Coverage of every policy of ``namespace``, from the pod and namespace indices."""
-    labels: dict[str, str] = {}
-    if namespaces is not None:
-        labels = next((v for v in namespaces.get(namespace, []) if isinstance(v, dict)), {})
-    return coverage.count(
+) -> coverage.CoverageReport:
+    """Coverage of every policy of ``namespace``, from the pod and namespace indices.
+
+    Counted with the namespace's ``coverage.Memo``: only pods that changed since the last
+    count are looked at again, so a recount during a rollout does not hold up admission.
+    """
+    memo = runtime.coverage_memos.setdefault(namespace, coverage.Memo())
+    return memo.report(
         _pods_in(pods, namespace),
         policies,
         namespace=namespace,
-        namespace_labels=labels,
+        namespace_labels=_labels_in(namespaces, namespace) or {},
         operator_namespace=runtime.settings.operator_namespace,
+        excluded_namespaces=runtime.settings.webhook.exclude_namespaces,
     )
+
+
+def _compiled(st: Mapping[str, Any]) -> bool:
+    """The policy has a compiled config pods can mount (``injection.PolicyInfo.is_ready``).
+
+    Not the Ready condition: an edit makes Ready lag until it is reconciled, and a policy
+    whose Secret went missing keeps its last good ConfigMap; pods are injected with that
+    config meanwhile (the sidecar hot-reloads the next one) rather than left unguarded.
+    """
+    return bool(st.get("compiledHash")) and bool(st.get("configMap"))
 
 
 def _selectors(
@@ -456,9 +586,86 @@ def _selectors(
         name = str(peer.get("metadata", {}).get("name", ""))
         if selector is None or peer.get("metadata", {}).get("deletionTimestamp"):
             continue
-        is_ready = status.is_true((peer.get("status") or {}).get("conditions"), status.READY)
+        is_ready = _compiled(peer.get("status") or {})
         out.append(coverage.PolicySelector(name, selector, (ready or {}).get(name, is_ready)))
     return out
+
+
+@dataclass(frozen=True)
+class PolicyRef:
+    """What publishing a policy's coverage needs to know of it."""
+
+    name: str
+    uid: str
+    reported: Sequence[str]
+    """``status.coverage.uninjectedPods`` as stored (what was reported before)."""
+
+
+def _policy_refs(peers: Iterable[Mapping[str, Any]]) -> dict[str, PolicyRef]:
+    out = {}
+    for peer in peers:
+        meta = peer.get("metadata") or {}
+        cov = (peer.get("status") or {}).get("coverage") or {}
+        name = str(meta.get("name", ""))
+        out[name] = PolicyRef(name, str(meta.get("uid", "")), list(cov.get("uninjectedPods") or []))
+    return out
+
+
+def _gap_message(gaps: Sequence[coverage.PodCoverage], new: Collection[str]) -> str:
+    """The UninjectedPods Event: the new gaps, each reason explained once."""
+    fresh = [g for g in gaps if g.pod in new]
+    shown = ", ".join(
+        f"{g.pod} ({(g.reason or coverage.SIDECAR_MISSING).code})" for g in fresh[:MAX_EVENT_PODS]
+    )
+    if len(fresh) > MAX_EVENT_PODS:
+        shown += f" and {len(fresh) - MAX_EVENT_PODS} more"
+    reasons = {(g.reason or coverage.SIDECAR_MISSING).code: g.reason for g in fresh}
+    explained = " ".join(
+        f"{code}: {(reason or coverage.SIDECAR_MISSING).sentence}"
+        for code, reason in sorted(reasons.items())
+    )
+    return (
+        f"{len(gaps)} pod{'s' if len(gaps) != 1 else ''} governed by this policy "
+        f"run{'s' if len(gaps) == 1 else ''} without the aiguard sidecar; new: {shown}. "
+        f"{explained}"
+    )
+
+
+def _publish_coverage(
+    runtime: Runtime,
+    namespace: str,
+    report: coverage.CoverageReport,
+    policies: Mapping[str, PolicyRef],
+) -> None:
+    """Gauges for the namespace's policies, and a Warning Event on each policy whose
+    governed pods now include some without the sidecar that were not reported before."""
+    counts = report.by_policy()
+    metrics.set_coverage(
+        namespace,
+        {name: (c.governed_pods, len(c.uninjected)) for name, c in counts.items()},
+    )
+    for key in [k for k in runtime.known_gaps if k[0] == namespace and k[1] not in counts]:
+        del runtime.known_gaps[key]
+    for name, cov in counts.items():
+        ref = policies.get(name)
+        if ref is None:
+            continue
+        now = frozenset(cov.uninjected)
+        before = runtime.known_gaps.get((namespace, name))
+        if before is None:  # first count since the operator started: what the status says
+            before = frozenset(ref.reported)
+        runtime.known_gaps[(namespace, name)] = now
+        new = now - before
+        if new and runtime.settings.post_events:
+            gaps = [g for g in report.gaps if name in g.policies]
+            policy = events.ObjectRef(
+                constants.GROUP_VERSION, constants.KIND_POLICY, name, namespace, ref.uid or None
+            )
+            message = _gap_message(gaps, new)
+            runtime.recorder.record(
+                policy, type="Warning", reason=UNINJECTED_REASON, message=message
+            )
+            logger.warning("AIPolicy %s/%s: %s", namespace, name, message)
 
 
 @kopf.on.resume(*POLICY, id="reconcile")
@@ -521,9 +728,15 @@ async def reconcile(
 
     selectors = [s for s in _selectors(peers) if s.name != name]
     selectors.append(coverage.PolicySelector(name, policy.spec.selector, True))
-    counts = _coverage(
+    report_ = _coverage(
         runtime, namespace, selectors, pods=aiguard_pods, namespaces=aiguard_namespaces
     )
+    refs = _policy_refs(peers)
+    refs[name] = PolicyRef(
+        name, uid, list((body.status.get("coverage") or {}).get("uninjectedPods") or [])
+    )
+    _publish_coverage(runtime, namespace, report_, refs)
+    counts = report_.by_policy()
 
     conditions = status.merge(
         conditions_now,
@@ -578,7 +791,9 @@ async def _refresh_namespace(
     api = runtime.api
     peers = await _peers(api, namespace)
     selectors = _peer_policies(peers)
-    counts = _coverage(runtime, namespace, _selectors(peers), pods=pods, namespaces=namespaces)
+    report_ = _coverage(runtime, namespace, _selectors(peers), pods=pods, namespaces=namespaces)
+    _publish_coverage(runtime, namespace, report_, _policy_refs(peers))
+    counts = report_.by_policy()
     for peer in peers:
         meta = peer.get("metadata", {})
         pname = meta.get("name", "")
@@ -660,66 +875,365 @@ class PolicyEntry:
     """One AIPolicy in the policy index."""
 
     name: str
+    uid: str
     selector: LabelSelector | None
     coverage: Mapping[str, Any]
     reconciled: bool
     """The operator has written a Ready condition (so it owns status.coverage now)."""
     ready: bool
+    """It has a compiled config pods can mount (:func:`_compiled`)."""
+    info: injection.PolicyInfo | None
+    """What injection needs; None when the spec does not parse (the policy is then unusable,
+    and no pod is injected with it)."""
+
+
+def _policy_info(name: str, body: Mapping[str, Any]) -> injection.PolicyInfo | None:
+    st = body.get("status") or {}
+    policy, _ = validation.parse(body)
+    if policy is None:
+        return None
+    info = injection.PolicyInfo.from_policy(policy, ready=_compiled(st))
+    return dataclasses.replace(
+        info,
+        compiled_hash=st.get("compiledHash") or None,
+        configmap=st.get("configMap") or constants.configmap_name(name),
+    )
 
 
 @kopf.index(*POLICY)
 def aiguard_policies(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[str, PolicyEntry]:
+    """Per namespace: its policies, as coverage and admission need them."""
     st = body.get("status") or {}
     return {
         _namespaced(namespace): PolicyEntry(
             name=name,
+            uid=str(body.get("metadata", {}).get("uid", "")),
             selector=_selector_of(body),
             coverage=dict(st.get("coverage") or {}),
             reconciled=status.find(st.get("conditions") or [], status.READY) is not None,
-            ready=status.is_true(st.get("conditions") or [], status.READY),
+            ready=_compiled(st),
+            info=_policy_info(name, body),
         )
     }
 
 
+def _entries(index: PolicyIndex | None, namespace: str) -> list[PolicyEntry]:
+    if index is None:
+        return []
+    return [e for e in index.get(namespace, []) if isinstance(e, PolicyEntry)]
+
+
+def _schedule_coverage(runtime: Runtime, namespace: str) -> None:
+    """Recount ``namespace`` soon (the coverage worker coalesces a burst of changes)."""
+    runtime.coverage_pending.add(namespace)
+    runtime.coverage_wakeup.set()
+
+
 @kopf.on.event("", "v1", "pods", id="pod-changed")
 async def pod_changed(
-    type: str,
     namespace: str | None,
+    memo: kopf.Memo,
+    aiguard_policies: PolicyIndex | None = None,
+    **_: Any,
+) -> None:
+    """A pod came, went or changed: recount its namespace's policies (if it has any)."""
+    namespace = _namespaced(namespace)
+    if any(e.reconciled for e in _entries(aiguard_policies, namespace)):
+        _schedule_coverage(_runtime(memo), namespace)
+
+
+@kopf.on.event("", "v1", "namespaces", id="namespace-changed")
+async def namespace_changed(
+    name: str,
     memo: kopf.Memo,
     aiguard_pods: PodIndex | None = None,
     aiguard_policies: PolicyIndex | None = None,
     aiguard_namespaces: NamespaceIndex | None = None,
     **_: Any,
 ) -> None:
-    """Re-count the namespace's policies when a pod comes, goes or changes labels."""
-    namespace = _namespaced(namespace)
-    if aiguard_policies is None:
-        return
-    entries = [
-        e
-        for e in aiguard_policies.get(namespace, [])
-        if isinstance(e, PolicyEntry) and e.selector is not None and e.reconciled
-    ]
-    if not entries:
-        return
+    """kopf calls resource handlers only once every index is loaded: from the first call on,
+    admission may decide with them. A namespace's labels decide its pods' opt-in: recount."""
     runtime = _runtime(memo)
-    counts = _coverage(
-        runtime,
-        namespace,
-        [coverage.PolicySelector(e.name, e.selector, e.ready) for e in entries if e.selector],
-        pods=aiguard_pods,
-        namespaces=aiguard_namespaces,
-    )
-    api = runtime.api
+    if runtime.indices is None:
+        if aiguard_pods is None or aiguard_policies is None or aiguard_namespaces is None:
+            raise kopf.PermanentError("kopf passed no indices: the index handlers are missing")
+        runtime.indices = Indices(aiguard_pods, aiguard_policies, aiguard_namespaces)
+        runtime.indexed.set()
+        logger.info(
+            "indices loaded: %d namespaces, %d with policies, %d with pods",
+            len(aiguard_namespaces),
+            len(aiguard_policies),
+            len(aiguard_pods),
+        )
+    if any(e.reconciled for e in _entries(aiguard_policies, name)):
+        _schedule_coverage(runtime, name)
+
+
+async def _sync_coverage(runtime: Runtime, namespace: str) -> None:
+    """Recount one namespace from the indices; write what changed, publish gauges and Events."""
+    idx = runtime.indices
+    if idx is None:
+        return
+    entries = [e for e in _entries(idx.policies, namespace) if e.reconciled and e.selector]
+    if not entries:  # the namespace's last policy went away: nothing to count any more
+        runtime.coverage_memos.pop(namespace, None)
+        _publish_coverage(runtime, namespace, coverage.CoverageReport((), ()), {})
+        return
+    selectors = [
+        coverage.PolicySelector(e.name, e.selector, e.ready) for e in entries if e.selector
+    ]
+    report_ = _coverage(runtime, namespace, selectors, pods=idx.pods, namespaces=idx.namespaces)
+    refs = {
+        e.name: PolicyRef(e.name, e.uid, list(e.coverage.get("uninjectedPods") or []))
+        for e in entries
+    }
+    _publish_coverage(runtime, namespace, report_, refs)
+    counts = report_.by_policy()
     for entry in entries:
         wanted = counts[entry.name].as_status()
         if dict(entry.coverage) != wanted:
             with contextlib.suppress(kube.NotFound):
-                await api.patch(
+                await runtime.api.patch(
                     _policy_path(namespace, entry.name, "status"), {"status": {"coverage": wanted}}
                 )
+
+
+async def _coverage_worker(runtime: Runtime) -> None:
+    """Recount the namespaces changes were reported for (``_schedule_coverage``), at most
+    once per ``COVERAGE_DEBOUNCE``, and every namespace with policies every
+    ``coverage_interval``: the periodic pass repairs what a missed event or a failed status
+    write left behind."""
+    await runtime.indexed.wait()
+    interval = runtime.settings.coverage_interval
+    next_full = time.monotonic()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            timeout = max(0.0, next_full - time.monotonic())
+            await asyncio.wait_for(runtime.coverage_wakeup.wait(), timeout)
+        if time.monotonic() >= next_full and runtime.indices is not None:
+            runtime.coverage_pending.update(runtime.indices.policies)
+            next_full = time.monotonic() + interval
+        await asyncio.sleep(COVERAGE_DEBOUNCE)
+        runtime.coverage_wakeup.clear()
+        pending, runtime.coverage_pending = runtime.coverage_pending, set()
+        for namespace in sorted(pending):
+            try:
+                await _sync_coverage(runtime, namespace)
+            except Exception:
+                logger.exception("coverage of namespace %s: recount failed; retrying", namespace)
+                runtime.coverage_pending.add(namespace)
+
+
+# --------------------------------------------------------------------------- pod injection
+
+
+def _answer_with(patch: kopf.Patch, outcome: admission.Outcome) -> None:
+    """Make kopf's AdmissionResponse carry ``outcome.patch`` (none for a skip).
+
+    kopf's documented way is ``patch.fns``: it applies the function to a deep copy of the pod
+    and diffs the two with ``jsonpatch.JsonPatch.from_diff``, which costs five times what
+    ``injection.json_patch`` does (``benchmarks/admission.py``); it deep-copies the pod even
+    when nothing is to change (3 ms of a skip's 4). kopf builds the response from
+    ``patch.as_json_patch()``: that one object is given the operations computed already. The
+    function stays in ``patch.fns``, so a kopf that stopped asking ``as_json_patch`` would
+    still send the same pod (``tests/unit/test_operator_handlers.py`` checks both paths).
+    """
+    operations = list(outcome.patch)
+    if outcome.plan is not None and operations:
+        # kopf types the body as its RawBody TypedDict; the mutator takes any mutable mapping.
+        patch.fns.append(cast("Callable[[Any], None]", injection.mutator(outcome.plan)))
+
+    def precomputed(body: Any = None) -> Any:
+        return operations
+
+    patch.as_json_patch = precomputed  # type: ignore[method-assign]
+
+
+def _applying(entries: Iterable[PolicyEntry], pod: Mapping[str, Any]) -> list[PolicyEntry]:
+    """The policies that apply to the pod: the one its annotation names, else those whose
+    selector matches it."""
+    meta = pod.get("metadata") or {}
+    wanted = str((meta.get("annotations") or {}).get(constants.ANNOTATION_POLICY, "")).strip()
+    if wanted:
+        return [e for e in entries if e.name == wanted]
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if isinstance(v, str)}
+    return [e for e in entries if e.selector is not None and e.selector.matches(labels)]
+
+
+async def _review_pod(
+    runtime: Runtime,
+    via: admission.Via,
+    pod: Mapping[str, Any],
+    namespace: str,
+    *,
+    policies: PolicyIndex | None,
+    namespaces: NamespaceIndex | None,
+) -> admission.Outcome:
+    cfg = runtime.settings
+    if not runtime.indexed.is_set():
+        # Just started: kopf serves webhooks before its indices are loaded. Wait within the
+        # webhook's timeout rather than decide with empty ones.
+        try:
+            await asyncio.wait_for(runtime.indexed.wait(), cfg.injection.timeout_seconds / 2)
+        except TimeoutError:
+            return admission.failed(admission.OPERATOR_STARTING, cfg.injection.failure_policy)
+
+    # The indices lag the API server by the watch latency (milliseconds). A policy created
+    # a moment before the pod may be missing: the skip is then a Warning Event, and coverage
+    # reports the pod, rather than every admission paying for an API call.
+    def review() -> admission.Outcome:
+        return admission.review(
+            pod,
+            namespace=namespace,
+            namespace_labels=admission.namespace_labels(
+                via, namespace, _labels_in(namespaces, namespace)
+            ),
+            policies=[e.info for e in _entries(policies, namespace) if e.info is not None],
+            settings=cfg.sidecar,
+            operator_namespace=cfg.operator_namespace,
+            excluded_namespaces=cfg.webhook.exclude_namespaces,
+        )
+
+    outcome = review()
+    # `kubectl apply -f dir/` sends a new policy and its workload together: the pods arrive
+    # while the policy is being compiled. Wait for that (a policy compiled before and not
+    # ready now is invalid: no wait), within the webhook's timeout.
+    deadline = time.monotonic() + cfg.injection.timeout_seconds / 2
+    while (
+        outcome.skip == injection.Skip.POLICY_NOT_READY
+        and any(not e.reconciled for e in _applying(_entries(policies, namespace), pod))
+        and time.monotonic() < deadline
+    ):
+        await asyncio.sleep(POLICY_WAIT_INTERVAL)
+        outcome = review()
+    return outcome
+
+
+def _report(
+    runtime: Runtime,
+    outcome: admission.Outcome,
+    pod: Mapping[str, Any],
+    namespace: str,
+    *,
+    dryrun: bool,
+) -> None:
+    """The log line, the metric and the Event of one admission (no metric or Event for a
+    dry run: it creates nothing)."""
+    warn = outcome.decision == metrics.ERROR or bool(outcome.warnings)
+    logger.log(
+        logging.WARNING if warn else logging.INFO,
+        "pod %s%s: %s",
+        admission.describe(pod, namespace),
+        " (dry run)" if dryrun else "",
+        outcome.summary(),
+    )
+    if dryrun:
+        return
+    metrics.INJECTION_DECISIONS.labels(outcome.decision, outcome.reason).inc()
+    spec = outcome.event(pod, namespace)
+    if spec is not None and runtime.settings.post_events:
+        runtime.recorder.record(spec.ref, type=spec.type, reason=spec.reason, message=spec.message)
+
+
+async def _admit_pod(
+    via: admission.Via,
+    *,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    warnings: list[str],
+    namespace: str | None,
+    dryrun: bool,
+    memo: kopf.Memo,
+    policies: PolicyIndex | None,
+    namespaces: NamespaceIndex | None,
+) -> None:
+    started = time.perf_counter()
+    runtime = _runtime(memo)
+    pod = dict(body)  # the AdmissionReview's JSON, without kopf's mapping views
+    ns = namespace or str((pod.get("metadata") or {}).get("namespace") or "")
+    try:
+        outcome = await _review_pod(runtime, via, pod, ns, policies=policies, namespaces=namespaces)
+    except Exception:
+        logger.exception("pod %s: the injection webhook failed", admission.describe(pod, ns))
+        outcome = admission.failed(
+            admission.INTERNAL_ERROR, runtime.settings.injection.failure_policy
+        )
+    _report(runtime, outcome, pod, ns, dryrun=dryrun)
+    metrics.ADMISSION_DURATION.labels(via).observe(time.perf_counter() - started)
+    if not outcome.allowed:
+        raise kopf.AdmissionError(outcome.summary(), code=503)
+    warnings.extend(outcome.warnings)
+    _answer_with(patch, outcome)
+
+
+@kopf.on.mutate(
+    "",
+    "v1",
+    "pods",
+    id=admission.NAMESPACE_WEBHOOK,
+    operations=["CREATE"],
+    persistent=True,
+    side_effects=True,
+)
+async def inject_pod_by_namespace(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    warnings: list[str],
+    namespace: str | None,
+    dryrun: bool,
+    memo: kopf.Memo,
+    aiguard_policies: PolicyIndex | None = None,
+    aiguard_namespaces: NamespaceIndex | None = None,
+    **_: Any,
+) -> None:
+    """Pods in namespaces labelled ``aiguard.dev/injection: enabled``."""
+    await _admit_pod(
+        "namespace",
+        body=body,
+        patch=patch,
+        warnings=warnings,
+        namespace=namespace,
+        dryrun=dryrun,
+        memo=memo,
+        policies=aiguard_policies,
+        namespaces=aiguard_namespaces,
+    )
+
+
+@kopf.on.mutate(
+    "",
+    "v1",
+    "pods",
+    id=admission.OBJECT_WEBHOOK,
+    operations=["CREATE"],
+    persistent=True,
+    side_effects=True,
+)
+async def inject_pod_by_label(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    warnings: list[str],
+    namespace: str | None,
+    dryrun: bool,
+    memo: kopf.Memo,
+    aiguard_policies: PolicyIndex | None = None,
+    aiguard_namespaces: NamespaceIndex | None = None,
+    **_: Any,
+) -> None:
+    """Pods labelled ``aiguard.dev/inject`` in other namespaces."""
+    await _admit_pod(
+        "object",
+        body=body,
+        patch=patch,
+        warnings=warnings,
+        namespace=namespace,
+        dryrun=dryrun,
+        memo=memo,
+        policies=aiguard_policies,
+        namespaces=aiguard_namespaces,
+    )
 
 
 # --------------------------------------------------------------------------- running
@@ -732,18 +1246,27 @@ _LOG_FORMATS = {
 
 
 class _OperatorLogFilter(logging.Filter):
-    """Adjust two of kopf's per-object log lines.
+    """Adjust some of kopf's per-object log lines.
 
-    * "Handler 'pod-changed' succeeded." would be logged for every pod event: dropped;
+    * "Handler 'pod-changed' succeeded." would be logged for every pod event, and the like
+      for every namespace event and every pod admission (which has a line of our own, with
+      the decision): dropped;
     * a rejected AIPolicy is logged by kopf as an ERROR ("Webhook ... failed permanently"),
       but rejecting bad input is the webhook doing its job: logged as INFO "rejected".
     """
 
     REJECTED = f"Webhook '{WEBHOOK_ID}' failed permanently: "
+    DROPPED = frozenset(
+        {
+            "Handler 'pod-changed' succeeded.",
+            "Handler 'namespace-changed' succeeded.",
+            *(f"Webhook '{hook}' succeeded." for hook in admission.WEBHOOK_IDS.values()),
+        }
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if record.levelno == logging.INFO and message == "Handler 'pod-changed' succeeded.":
+        if record.levelno == logging.INFO and message in self.DROPPED:
             return False
         if record.levelno == logging.ERROR and message.startswith(self.REJECTED):
             record.levelno, record.levelname = logging.INFO, "INFO"

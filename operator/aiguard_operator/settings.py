@@ -33,6 +33,27 @@ AIGUARD_WEBHOOK_MANAGED            name of the webhook configurations kopf creat
                                    keeps current (aiguard.dev); empty: static (Helm)
 AIGUARD_WEBHOOK_EXCLUDE_NAMESPACES never admission-checked, besides kube-system, kube-public,
                                    kube-node-lease and the operator's namespace (empty)
+AIGUARD_INJECTION_FAILURE_POLICY   what the API server does with an opted-in pod when the
+                                   injection webhook cannot be reached: Fail (reject the
+                                   pod; the default) or Ignore (create it without the
+                                   sidecar; coverage reports it)
+AIGUARD_INJECTION_TIMEOUT_SECONDS  the injection webhook's timeoutSeconds, 1-30 (10)
+AIGUARD_SIDECAR_IMAGE              sidecar image (ghcr.io/aiguard/aiguard-sidecar:VERSION)
+AIGUARD_SIDECAR_VERSION            version recorded in aiguard.dev/status (the image tag,
+                                   else this operator's version)
+AIGUARD_SIDECAR_PULL_POLICY        Always | IfNotPresent | Never (IfNotPresent)
+AIGUARD_SIDECAR_CPU_REQUEST        sidecar CPU request (100m); no CPU limit by default
+AIGUARD_SIDECAR_CPU_LIMIT          sidecar CPU limit (unset: none)
+AIGUARD_SIDECAR_MEMORY_REQUEST     sidecar memory request (128Mi)
+AIGUARD_SIDECAR_MEMORY_LIMIT       sidecar memory limit (512Mi)
+AIGUARD_SIDECAR_SPOOL_SIZE         sizeLimit of the audit spool emptyDir (1Gi)
+AIGUARD_SIDECAR_LOG_LEVEL          debug | info | warning | error (info)
+AIGUARD_METRICS                    HOST:PORT of the operator's /metrics endpoint
+                                   (127.0.0.1:15091; the chart sets 0.0.0.0:15091);
+                                   empty: no endpoint
+AIGUARD_COVERAGE_INTERVAL_SECONDS  recount every namespace's coverage this often, on top
+                                   of the recount on each pod, namespace and policy
+                                   change (60)
 =================================  =====================================================
 """
 
@@ -43,9 +64,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
+
+from aiguard_api import __version__
+from aiguard_operator.injection import SidecarSettings
 
 LogFormat = Literal["plain", "full", "json"]
+FailurePolicy = Literal["Fail", "Ignore"]
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+SidecarLogLevel = Literal["debug", "info", "warning", "error"]
 
 #: Namespaces the webhooks never apply to, whatever is configured (the same set injection
 #: skips: ``injection.SYSTEM_NAMESPACES``), plus the operator's own namespace.
@@ -55,6 +82,9 @@ DEFAULT_PEERING = "aiguard"
 DEFAULT_WEBHOOK_PORT = 9443
 DEFAULT_CERT_DIR = Path("/var/run/aiguard/webhook-certs")
 DEFAULT_MANAGED_NAME = "aiguard.dev"
+DEFAULT_SIDECAR_REPOSITORY = "ghcr.io/aiguard/aiguard-sidecar"
+DEFAULT_METRICS = ("127.0.0.1", 15091)
+MAX_WEBHOOK_TIMEOUT = 30  # the API server's limit for timeoutSeconds
 
 
 class SettingsError(ValueError):
@@ -96,6 +126,36 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class InjectionSettings:
+    """The pod injection webhooks (see ``aiguard_operator.admission``)."""
+
+    failure_policy: FailurePolicy = "Fail"
+    """What the API server does with an opted-in pod when the webhook cannot answer: ``Fail``
+    rejects it (the ReplicaSet or Job controller retries with backoff), so no opted-in pod
+    ever runs without its sidecar; ``Ignore`` creates it without the sidecar, and coverage
+    (status, Event, metric) reports it. Only opted-in pods reach the webhook, so ``Fail``
+    never blocks anyone else's pods."""
+    timeout_seconds: int = 10
+    """The webhooks' ``timeoutSeconds`` (1-30). Admission answers in milliseconds; the rest
+    is headroom for a busy operator, and the budget within which it waits for its indices
+    right after a start."""
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The operator's Prometheus endpoint (``GET /metrics``)."""
+
+    addr: str | None = DEFAULT_METRICS[0]
+    """Listen address; None: no endpoint."""
+    port: int = DEFAULT_METRICS[1]
+    """Listen port (TCP)."""
+
+
+def _default_sidecar() -> SidecarSettings:
+    return SidecarSettings(image=f"{DEFAULT_SIDECAR_REPOSITORY}:{__version__}", version=__version__)
+
+
+@dataclass(frozen=True)
 class Settings:
     kubeconfig: str | None = None
     """Kubeconfig path(s); None: in-cluster."""
@@ -113,6 +173,12 @@ class Settings:
     secret_retry_seconds: float = 30.0
     """Seconds between re-checks of a policy that references a missing Secret."""
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    injection: InjectionSettings = field(default_factory=InjectionSettings)
+    sidecar: SidecarSettings = field(default_factory=_default_sidecar)
+    """Image, version, resources and sizes of the injected sidecar."""
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    coverage_interval: float = 60.0
+    """Seconds between full coverage recounts (changes trigger one within a second)."""
 
     @property
     def clusterwide(self) -> bool:
@@ -154,6 +220,73 @@ def _number(env: Mapping[str, str], name: str, default: float, *, lo: float, hi:
     if not lo <= value <= hi:
         raise SettingsError(f"{name}={raw!r}: expected a value from {lo:g} to {hi:g}")
     return value
+
+
+_T = TypeVar("_T", bound=str)
+
+
+def _choice(env: Mapping[str, str], name: str, default: _T, choices: tuple[_T, ...]) -> _T:
+    """One of ``choices``, matched case-insensitively and returned as spelled there."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    for choice in choices:
+        if raw.lower() == choice.lower():
+            return choice
+    raise SettingsError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+
+
+_FAILURE_POLICIES: tuple[FailurePolicy, ...] = ("Fail", "Ignore")
+_PULL_POLICIES: tuple[PullPolicy, ...] = ("Always", "IfNotPresent", "Never")
+_SIDECAR_LEVELS: tuple[SidecarLogLevel, ...] = ("debug", "info", "warning", "error")
+
+
+def image_version(image: str) -> str | None:
+    """The tag of an image reference (``repo:1.2.3`` → ``1.2.3``), None without one."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.rsplit(":", 1)[1] if ":" in last else None
+
+
+def _sidecar(env: Mapping[str, str]) -> SidecarSettings:
+    image = env.get("AIGUARD_SIDECAR_IMAGE", "").strip()
+    version = env.get("AIGUARD_SIDECAR_VERSION", "").strip()
+    if not image:
+        image = f"{DEFAULT_SIDECAR_REPOSITORY}:{version or __version__}"
+    version = version or image_version(image) or __version__
+    requests = {
+        "cpu": env.get("AIGUARD_SIDECAR_CPU_REQUEST", "").strip() or "100m",
+        "memory": env.get("AIGUARD_SIDECAR_MEMORY_REQUEST", "").strip() or "128Mi",
+    }
+    limits = {"memory": env.get("AIGUARD_SIDECAR_MEMORY_LIMIT", "").strip() or "512Mi"}
+    cpu_limit = env.get("AIGUARD_SIDECAR_CPU_LIMIT", "").strip()
+    if cpu_limit:
+        limits["cpu"] = cpu_limit
+    pull = _choice(env, "AIGUARD_SIDECAR_PULL_POLICY", "IfNotPresent", _PULL_POLICIES)
+    level = _choice(env, "AIGUARD_SIDECAR_LOG_LEVEL", "info", _SIDECAR_LEVELS)
+    try:
+        return SidecarSettings(
+            image=image,
+            version=version,
+            image_pull_policy=pull,
+            resources={"requests": requests, "limits": limits},
+            spool_size=env.get("AIGUARD_SIDECAR_SPOOL_SIZE", "").strip() or "1Gi",
+            log_level=level,
+        )
+    except ValueError as e:
+        raise SettingsError(f"AIGUARD_SIDECAR_*: {e}") from None
+
+
+def _metrics(env: Mapping[str, str]) -> MetricsSettings:
+    if "AIGUARD_METRICS" not in env:
+        return MetricsSettings()
+    raw = env["AIGUARD_METRICS"].strip()
+    if not raw:
+        return MetricsSettings(addr=None)
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SettingsError(f"AIGUARD_METRICS={raw!r}: expected HOST:PORT, e.g. 0.0.0.0:15091")
+    return MetricsSettings(addr=host.strip("[]"), port=int(port))
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -207,4 +340,15 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         liveness=env.get("AIGUARD_LIVENESS", "").strip() or None,
         secret_retry_seconds=_number(env, "AIGUARD_SECRET_RETRY_SECONDS", 30.0, lo=1, hi=3600),
         webhook=webhook,
+        injection=InjectionSettings(
+            failure_policy=_choice(
+                env, "AIGUARD_INJECTION_FAILURE_POLICY", "Fail", _FAILURE_POLICIES
+            ),
+            timeout_seconds=int(
+                _number(env, "AIGUARD_INJECTION_TIMEOUT_SECONDS", 10, lo=1, hi=MAX_WEBHOOK_TIMEOUT)
+            ),
+        ),
+        sidecar=_sidecar(env),
+        metrics=_metrics(env),
+        coverage_interval=_number(env, "AIGUARD_COVERAGE_INTERVAL_SECONDS", 60.0, lo=1, hi=86400),
     )

@@ -7,7 +7,9 @@
    connection limits and keep-alive; no cookie jar, no proxy from the environment, no
    redirects);
 2. :data:`SECRETS`  — mounted Secret files and their refresh task;
-3. :data:`STORE` and :data:`PIPELINE` — the policy (loaded before the port serves; a bad
+3. :data:`AUDIT`    — the audit sink: durable spool + shipper to the collector (``audit/``),
+   unless the caller passed one;
+4. :data:`STORE` and :data:`PIPELINE` — the policy (loaded before the port serves; a bad
    initial policy fails startup) and its reload task, and the request pipeline.
 
 Routes: every entry of :data:`~aiguard_sidecar.providers.ENDPOINTS`, and a catch-all that
@@ -35,6 +37,7 @@ from aiohttp import web
 from aiguard_api import constants
 from aiguard_api.config import SidecarConfig
 from aiguard_sidecar import admin
+from aiguard_sidecar.audit.sink import AuditService, AuditSettings
 from aiguard_sidecar.errors import ErrorKind, ProxyError
 from aiguard_sidecar.hooks import GuardrailsFactory, no_guardrails
 from aiguard_sidecar.identity import Workload
@@ -42,7 +45,7 @@ from aiguard_sidecar.metrics import Metrics
 from aiguard_sidecar.pipeline import REQUEST_ID_HEADER, Pipeline
 from aiguard_sidecar.policy_store import POLICY_POLL_SECONDS, PolicyStore
 from aiguard_sidecar.providers import ENDPOINTS, Endpoint, inbound_for_path
-from aiguard_sidecar.records import AuditSink, LogAuditSink
+from aiguard_sidecar.records import AuditSink
 from aiguard_sidecar.routing import Breakers, RetryBudget
 from aiguard_sidecar.runtime import Deps, Runtime, build
 from aiguard_sidecar.upstream import (
@@ -79,6 +82,8 @@ class Settings:
     """Idle upstream connections are kept this long for reuse."""
     redis_url: str | None = None
     """Overrides the policy's Redis URL (tests, local runs)."""
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    """Spool directory, collector URL and token (``audit/sink.py``)."""
 
 
 @dataclass(slots=True)
@@ -151,6 +156,29 @@ async def _secrets_ctx(app: web.Application) -> AsyncIterator[None]:
     _spawn(app, secrets.run(app[SETTINGS].secret_poll_seconds), "secrets-refresh")
     yield
     await _stop_tasks(app, "secrets-")
+
+
+async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The audit sink: the one ``create_app`` was given, else an :class:`AuditService`
+    (spool + shipper when a collector URL is set; see ``audit/sink.py``). Closed by
+    :func:`_policy_ctx` after the last request (closing is idempotent)."""
+    if AUDIT in app:
+        yield
+        return
+    s = app[SETTINGS]
+
+    def current() -> SidecarConfig | None:
+        return app[STORE].current.cfg if STORE in app and app[STORE].loaded else None
+
+    service = AuditService(
+        s.audit, workload=s.workload, metrics=app[METRICS], config=current, secrets=app[SECRETS]
+    )
+    await service.start()
+    app[AUDIT] = service
+    try:
+        yield
+    finally:
+        await service.close()
 
 
 async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -286,9 +314,10 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics if metrics is not None else Metrics()
     app[STATE] = State()
-    app[AUDIT] = audit if audit is not None else LogAuditSink()
+    if audit is not None:
+        app[AUDIT] = audit
     app[GUARDRAILS] = guardrails
-    app.cleanup_ctx.extend([_session_ctx, _secrets_ctx, _policy_ctx])
+    app.cleanup_ctx.extend([_session_ctx, _secrets_ctx, _audit_ctx, _policy_ctx])
     for endpoint in ENDPOINTS:
         path = endpoint.path.replace("/models/{model}", "/models/{model:.+}")
         app.router.add_route("*", path, _handler(endpoint))
@@ -336,7 +365,7 @@ class SidecarServer:
         s = self.settings
         admin_started = False
         try:
-            await self._runner.setup()  # runs cleanup_ctx: session, secrets, policy
+            await self._runner.setup()  # runs cleanup_ctx: session, secrets, audit, policy
             site = web.TCPSite(self._runner, s.listen_host, s.listen_port, backlog=1024)
             await site.start()
             self.port = _bound_port(self._runner)

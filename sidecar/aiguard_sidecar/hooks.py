@@ -39,6 +39,9 @@ class GuardDecision:
     rule: str | None = None  # e.g. "guardrails.input.pii"
     reason: str = ""  # names the guardrail and finding type, never the content
     findings: int = 0
+    counts: tuple[tuple[str, str, str, int], ...] = ()
+    """The new findings of this decision as ``(guardrail, type, action, count)``, for the audit
+    event (``RequestRecord.findings``). Types and actions only, never content."""
     released: tuple[StreamEvent, ...] = ()
     """Streams: held-back events to send now, before the current one."""
 

@@ -4,6 +4,8 @@
 
     aiguard-sidecar --policy FILE [--listen HOST:PORT] [--admin HOST:PORT]
                     [--secrets-dir DIR] [--log-level LEVEL] [--drain-seconds S]
+                    [--collector-url URL] [--spool-dir DIR] [--collector-token-file F]
+                    [--collector-ca-file F]
     aiguard-sidecar scan ...        the policy's guardrails over JSON lines (``scan.py``)
 
 ``--policy`` takes the compiled config the operator writes (``/etc/aiguard/policy/config.json``)
@@ -34,10 +36,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiguard_api import constants
+from aiguard_api import audit, constants
 from aiguard_api.config import ConfigError, load_config
 from aiguard_sidecar import logs
 from aiguard_sidecar.app import Settings, SidecarServer
+from aiguard_sidecar.audit.sink import AuditSettings
 from aiguard_sidecar.identity import Workload
 
 log = logging.getLogger("aiguard.sidecar")
@@ -78,6 +81,33 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=20.0,
         help="on SIGTERM, time in-flight requests get to finish (default 20)",
+    )
+    # ── audit (audit/sink.py) ──
+    env = os.environ.get
+    p.add_argument(
+        "--collector-url",
+        default=env("AIGUARD_COLLECTOR_URL") or None,
+        help="collector base URL; audit events are spooled and shipped there "
+        "(env AIGUARD_COLLECTOR_URL; default: none, events are only logged)",
+    )
+    p.add_argument(
+        "--spool-dir",
+        type=Path,
+        default=Path(env("AIGUARD_SPOOL_DIR") or constants.SIDECAR_SPOOL_DIR),
+        help=f"audit spool directory (env AIGUARD_SPOOL_DIR; {constants.SIDECAR_SPOOL_DIR})",
+    )
+    p.add_argument(
+        "--collector-token-file",
+        type=Path,
+        default=Path(env("AIGUARD_COLLECTOR_TOKEN_FILE") or audit.COLLECTOR_TOKEN_FILE),
+        help="projected ServiceAccount token for the collector "
+        f"(env AIGUARD_COLLECTOR_TOKEN_FILE; {audit.COLLECTOR_TOKEN_FILE})",
+    )
+    p.add_argument(
+        "--collector-ca-file",
+        type=Path,
+        default=Path(ca) if (ca := env("AIGUARD_COLLECTOR_CA_FILE")) else None,
+        help="CA bundle of the collector's certificate (env AIGUARD_COLLECTOR_CA_FILE)",
     )
     return p
 
@@ -148,6 +178,12 @@ def _run(args: argparse.Namespace) -> int:
         admin_port=args.admin[1],
         secrets_dir=args.secrets_dir,
         drain_seconds=args.drain_seconds,
+        audit=AuditSettings(
+            collector_url=args.collector_url,
+            spool_dir=args.spool_dir,
+            token_file=args.collector_token_file,
+            ca_file=args.collector_ca_file,
+        ),
     )
     return asyncio.run(serve(settings))
 

@@ -177,6 +177,45 @@ class Metrics:
             [KIND],
             registry=r,
         )
+
+        # Audit delivery (``audit/``). The gauges are computed at scrape time from the spool
+        # (``Gauge.set_function``), so they are current even while delivery is stuck.
+        self.audit_events = Counter(
+            "aiguard_audit_events_total",
+            "Audit events written (spooled durably, or copied to stdout without a collector).",
+            registry=r,
+        )
+        self.audit_spool_depth = Gauge(
+            "aiguard_audit_spool_depth",
+            "Audit events in the spool not yet acknowledged by the collector.",
+            registry=r,
+        )
+        self.audit_spool_bytes = Gauge(
+            "aiguard_audit_spool_bytes", "Bytes of audit spool segments on disk.", registry=r
+        )
+        self.audit_delivery_lag = Gauge(
+            "aiguard_audit_delivery_lag_seconds",
+            "Age of the oldest audit event not yet acknowledged by the collector (0: none).",
+            registry=r,
+        )
+        self.audit_delivery_failures = Counter(
+            "aiguard_audit_delivery_failures_total",
+            "Failed attempts to deliver a batch to the collector, by reason (connect, "
+            "timeout, http_4xx, http_5xx, unauthorized, forbidden, bad_ack, token).",
+            [REASON],
+            registry=r,
+        )
+        self.audit_events_dropped = Counter(
+            "aiguard_audit_events_dropped_total",
+            "Decided requests whose audit event was lost (served under onSpoolFailure open, "
+            "or spool content abandoned). Must stay 0.",
+            registry=r,
+        )
+        self.audit_spool_write_failures = Counter(
+            "aiguard_audit_spool_write_failures_total",
+            "Audit events that could not be written to the spool (disk full, I/O error).",
+            registry=r,
+        )
         self._policy_labels: tuple[str, str] | None = None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

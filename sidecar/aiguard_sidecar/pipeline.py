@@ -307,6 +307,8 @@ class Pipeline:
             verdict = await rt.guardrails.check_input(ex)
         except Exception as e:
             verdict = self._guardrail_failed(rt, rec, "input", e)
+        if verdict.counts:
+            rec.count_findings("input", verdict.counts)
         if verdict.blocked or verdict.findings:
             self._decide(
                 rec,
@@ -601,6 +603,8 @@ class Pipeline:
                 verdict = await rt.guardrails.check_output(ex, info)
             except Exception as e:
                 verdict = self._guardrail_failed(rt, rec, "output", e)
+            if verdict.counts:
+                rec.count_findings("output", verdict.counts)
             if verdict.blocked or verdict.findings:
                 self._decide(
                     rec,
@@ -673,6 +677,7 @@ class Pipeline:
         out: web.StreamResponse | None = None
         broken: UpstreamFailure | None = None
         blocked: ProxyError | None = None
+        final: list[bytes] = []
         try:
             while True:
                 try:
@@ -696,10 +701,12 @@ class Pipeline:
                         continue
                     if guard is not None:
                         verdict = guard.on_event(event)
+                        if verdict.counts:
+                            rec.count_findings("output", verdict.counts)
                         if shadow:
                             if verdict.blocked:
                                 self._shadow_block(rec, verdict.rule, verdict.reason)
-                            pieces.append(event.raw)
+                            (final if parser.done else pieces).append(event.raw)
                             continue
                         pieces.extend(e.render() for e in verdict.released)
                         if verdict.verdict is Verdict.HOLD:
@@ -709,7 +716,10 @@ class Pipeline:
                             break
                     if event.deltas and rec.ttft_seconds is None:
                         rec.ttft_seconds = loop.time() - start
-                    pieces.append(event.render())
+                    # The terminal event ([DONE], message_stop, response.completed) waits for
+                    # the audit event: a client never sees a complete stream whose event
+                    # was not written (fail-closed ends it with an error event instead).
+                    (final if parser.done else pieces).append(event.render())
                 if pieces:
                     if out is None:
                         out = await self._start_stream(request, resp, rec)
@@ -734,6 +744,8 @@ class Pipeline:
             raise _AttemptFailed(broken)
         if guard is not None and broken is None and blocked is None:
             verdict = guard.on_end()
+            if verdict.counts:
+                rec.count_findings("output", verdict.counts)
             tail = [] if shadow else [e.render() for e in verdict.released]
             if verdict.blocked:
                 if shadow:
@@ -765,9 +777,13 @@ class Pipeline:
                     }
                 },
             )
-        await self._emit(rec, rt, started=True)
+        audit_error = await self._emit(rec, rt, started=True)
+        if error is None:
+            error = audit_error  # fail-closed audit: the stream ends with an error event
         if error is not None:
             await _write(out, inbound.stream_error_event(error, ex))
+        elif final:
+            await _write(out, b"".join(final))
         try:
             await out.write_eof()
         except ConnectionError:
@@ -828,25 +844,39 @@ class Pipeline:
             status=err.status, body=inbound.error_body(err), content_type=_JSON, headers=headers
         )
 
-    async def _emit(self, rec: RequestRecord, rt: Runtime, *, started: bool) -> None:
+    async def _emit(self, rec: RequestRecord, rt: Runtime, *, started: bool) -> ProxyError | None:
         """Hand the record to the audit sink before the response completes. When the sink
-        cannot take it and the policy fails closed, a response not yet started becomes 503."""
+        cannot take it and the policy fails closed, a response not yet started becomes 503
+        (raised); for a stream already started the error is returned, and the caller ends
+        the stream with it as an error event."""
         rec.latency_seconds = asyncio.get_running_loop().time() - rec.started_mono
         try:
             await self.audit.emit(rec)
         except AuditUnavailable as e:
+            closed = rt.cfg.spec.audit.on_spool_failure is FailureMode.CLOSED
             log.error(
                 "audit event not written",
-                extra={"fields": {"request_id": rec.request_id, "error": str(e)}},
+                extra={
+                    "fields": {
+                        "request_id": rec.request_id,
+                        "error": str(e),
+                        "on_spool_failure": "closed" if closed else "open",
+                    }
+                },
             )
-            if rt.cfg.spec.audit.on_spool_failure is FailureMode.CLOSED and not started:
-                raise ProxyError(
+            if closed:
+                err = ProxyError(
                     ErrorKind.UNAVAILABLE,
                     f"aiguard policy {rt.name}: the audit event could not be written and "
                     "spec.audit.onSpoolFailure is closed",
                     code="audit_unavailable",
                     retry_after=1.0,
-                ) from e
+                )
+                if not started:
+                    raise err from e
+                rec.outcome = err.code
+                return err
+        return None
 
     def _observe(self, rec: RequestRecord, rt: Runtime, latency: float) -> None:
         m = self.metrics

@@ -14,6 +14,7 @@ It is called once per decided request *before* the response completes. The defau
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -70,8 +71,16 @@ class RequestRecord:
     attempts: list[AttemptRecord] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     unscanned: dict[str, int] = field(default_factory=dict)
+    findings: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    """Guardrail findings as counts: (direction, guardrail, type, action) → count. No content."""
     exchange: Exchange | None = None
     response: ResponseInfo | None = None
+
+    def count_findings(self, direction: str, counts: Iterable[tuple[str, str, str, int]]) -> None:
+        """Add a guardrail decision's ``(guardrail, type, action, count)`` counts."""
+        for guardrail, kind, action, n in counts:
+            key = (direction, guardrail, kind, action)
+            self.findings[key] = self.findings.get(key, 0) + n
 
     @property
     def denied(self) -> bool:

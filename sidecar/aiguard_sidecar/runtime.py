@@ -169,6 +169,9 @@ async def build(
     if redis is not None and redis.url_secret_ref is not None:
         redis_path = cfg.secret_path(redis.url_secret_ref.name, redis.url_secret_ref.key)
         paths.append(redis_path)
+    hash_key = spec.audit.hash_key_secret_ref  # read by the audit sink (audit/sink.py)
+    if hash_key is not None:
+        paths.append(cfg.secret_path(hash_key.name, hash_key.key))
     await deps.secrets.watch(paths)
     for p in providers.values():
         ca_pem = deps.secrets.get(p.ca_path) if p.ca_path is not None else None

@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -157,10 +159,17 @@ def prepare(
 
 
 def operator_env(
-    kubeconfig: Path, workdir: Path, *, port: int, priority: int = 0
+    kubeconfig: Path,
+    workdir: Path,
+    *,
+    port: int,
+    priority: int = 0,
+    metrics_port: int | None = None,
 ) -> dict[str, str]:
     """The environment the dev operator runs with (see aiguard_operator.settings)."""
+    metrics = {"AIGUARD_METRICS": f"127.0.0.1:{metrics_port}"} if metrics_port else {}
     return {
+        **metrics,
         "KUBECONFIG": str(kubeconfig.resolve()),
         "AIGUARD_PEERING": PEERING_NAME,
         "AIGUARD_PEERING_PRIORITY": str(priority),
@@ -200,6 +209,7 @@ class DevOperator:
         self.timeout = timeout
         self.log = log
         self.port = 0
+        self.metrics_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "operator.log"
 
@@ -226,7 +236,7 @@ class DevOperator:
         if self.proc is not None:
             raise RuntimeError("already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.port,) = free_ports(1)
+        self.port, self.metrics_port = free_ports(2)
         started = time.monotonic()
         argv = [
             sys.executable,
@@ -238,6 +248,8 @@ class DevOperator:
             str(self.workdir),
             "--port",
             str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
         ]
         if self.operator_kubeconfig is not None:
             argv += ["--operator-kubeconfig", str(self.operator_kubeconfig)]
@@ -276,26 +288,41 @@ class DevOperator:
         except TimeoutError as e:
             raise TimeoutError(f"{e}; operator log:\n{self.log_tail()}") from None
 
-    def webhook_configuration(self) -> dict[str, Any] | None:
+    def webhook_configuration(self, kind: str = "validating") -> dict[str, Any] | None:
+        """The managed ``validating`` or ``mutating`` webhook configuration."""
         result = self.cluster.kubectl(
-            "get", "validatingwebhookconfiguration", MANAGED_NAME, "-o", "json", check=False
+            "get", f"{kind}webhookconfiguration", MANAGED_NAME, "-o", "json", check=False
         )
         if result.returncode != 0:
             return None
         config: dict[str, Any] = json.loads(result.stdout)
         return config
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def metrics(self) -> str:
+        """The operator's /metrics, as text."""
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:  # noqa: S310
+            text: str = response.read().decode()
+        return text
+
     def _wait_registered(self) -> None:
-        def registered() -> bool:
-            config = self.webhook_configuration()
+        def registered(kind: str) -> bool:
+            config = self.webhook_configuration(kind)
             hooks = (config or {}).get("webhooks") or []
-            return any(
+            return bool(hooks) and all(
                 f"127.0.0.1:{self.port}/" in h.get("clientConfig", {}).get("url", "")
                 and h.get("clientConfig", {}).get("caBundle")
                 for h in hooks
             )
 
-        self._wait(registered, f"the {MANAGED_NAME} webhook registered on port {self.port}")
+        for kind in ("validating", "mutating"):
+            self._wait(
+                functools.partial(registered, kind),
+                f"the {kind} {MANAGED_NAME} webhooks registered on port {self.port}",
+            )
 
     def _wait_serving(self) -> None:
         probe = json.dumps(PROBE_POLICY)
@@ -336,6 +363,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", type=Path, default=Path(".local/kubeconfig"))
     parser.add_argument("--dir", type=Path, default=Path(".local/operator"))
     parser.add_argument("--port", type=int, default=0, help="webhook port (0: a free one)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="port of the operator's /metrics on 127.0.0.1 (0: the default, 15091)",
+    )
     parser.add_argument("--priority", type=int, default=0, help="kopf peering priority")
     parser.add_argument(
         "--standalone", action="store_true", help="no peering (AIGUARD_PEERING=standalone)"
@@ -355,7 +388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     port = args.port or free_ports(1)[0]
     env = operator_env(
-        args.operator_kubeconfig or args.kubeconfig, workdir, port=port, priority=args.priority
+        args.operator_kubeconfig or args.kubeconfig,
+        workdir,
+        port=port,
+        priority=args.priority,
+        metrics_port=args.metrics_port or None,
     )
     if args.standalone:
         env["AIGUARD_PEERING"] = "standalone"

@@ -277,3 +277,48 @@ def test_governing_policy() -> None:
     assert coverage.governing_policy(named, selectors) == "team"
     not_ready = [PolicySelector("chat", CHAT.selector, ready=False)]
     assert coverage.governing_policy(facts, not_ready) == "chat"
+
+
+def test_report_gives_the_gaps_with_reasons_and_honours_excluded_namespaces() -> None:
+    facts = [
+        PodFacts.from_pod(pod("a", {"app": "chat", **ENABLED})),
+        PodFacts.from_pod(pod("b", {"app": "chat", **ENABLED}, hostNetwork=True)),
+    ]
+    selectors = [PolicySelector("chat", CHAT.selector)]
+
+    got = coverage.report(facts, selectors, namespace="team-a")
+    excluded = coverage.report(facts, selectors, namespace="team-a", excluded_namespaces=["team-a"])
+
+    assert [(g.pod, g.reason) for g in got.gaps] == [
+        ("a", SIDECAR_MISSING),
+        ("b", Skip.HOST_NETWORK),
+    ]
+    assert excluded.gaps == ()
+    assert excluded.for_policy("chat") == coverage.Coverage(0, 0)
+
+
+def test_memo_recounts_only_the_pods_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    facts = [PodFacts.from_pod(pod(f"chat-{i}", {"app": "chat", **ENABLED})) for i in range(5)]
+    selectors = [PolicySelector("chat", CHAT.selector)]
+    memo = coverage.Memo()
+    calls: list[str] = []
+    original = coverage._assess_pod
+
+    def counting(p: dict[str, Any], *args: Any, **kwargs: Any) -> coverage.PodCoverage | None:
+        calls.append(p["metadata"]["name"])
+        return original(p, *args, **kwargs)
+
+    monkeypatch.setattr(coverage, "_assess_pod", counting)
+
+    first = memo.report(facts, selectors, namespace="team-a")
+    changed = [*facts[:4], PodFacts.from_pod(injected("chat-4", {"app": "chat", **ENABLED}, CHAT))]
+    second = memo.report(changed, selectors, namespace="team-a")
+    third = memo.report(changed, selectors, namespace="team-a", namespace_labels={"x": "y"})
+
+    assert calls == [*(f"chat-{i}" for i in range(5)), "chat-4", *(f"chat-{i}" for i in range(5))]
+    assert first == coverage.report(facts, selectors, namespace="team-a")
+    assert second == coverage.report(changed, selectors, namespace="team-a")
+    assert second.for_policy("chat") == coverage.Coverage(
+        5, 1, tuple(f"chat-{i}" for i in range(4))
+    )
+    assert third == second

@@ -124,7 +124,7 @@ def test_every_subcommand_does_something() -> None:
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
-    assert set(sub.choices) == {"status"}
+    assert set(sub.choices) == {"status", "verify-audit"}
     for name in sub.choices:
         args = parser.parse_args([name])
         assert callable(args.func)

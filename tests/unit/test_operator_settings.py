@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from aiguard_api import __version__
 from aiguard_operator import injection
 from aiguard_operator.settings import SettingsError, from_env
 
@@ -92,4 +93,82 @@ def test_in_cluster_chart_settings() -> None:
 )
 def test_bad_values_name_the_variable(env: dict[str, str], words: str) -> None:
     with pytest.raises(SettingsError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        from_env(env)
+
+
+def test_injection_defaults_fail_closed_with_the_versioned_sidecar_image() -> None:
+    cfg = from_env({})
+
+    assert cfg.injection.failure_policy == "Fail"
+    assert cfg.injection.timeout_seconds == 10
+    assert cfg.sidecar.image == f"ghcr.io/aiguard/aiguard-sidecar:{__version__}"
+    assert cfg.sidecar.version == __version__
+    assert cfg.sidecar.resources == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"memory": "512Mi"},
+    }
+    assert (cfg.metrics.addr, cfg.metrics.port) == ("127.0.0.1", 15091)
+    assert cfg.coverage_interval == 60
+
+
+def test_sidecar_and_injection_settings_from_the_environment() -> None:
+    cfg = from_env(
+        {
+            "AIGUARD_INJECTION_FAILURE_POLICY": "ignore",
+            "AIGUARD_INJECTION_TIMEOUT_SECONDS": "5",
+            "AIGUARD_SIDECAR_IMAGE": "registry.example:5000/aiguard/sidecar:1.2.3",
+            "AIGUARD_SIDECAR_PULL_POLICY": "always",
+            "AIGUARD_SIDECAR_CPU_LIMIT": "1",
+            "AIGUARD_SIDECAR_MEMORY_LIMIT": "1Gi",
+            "AIGUARD_SIDECAR_SPOOL_SIZE": "2Gi",
+            "AIGUARD_SIDECAR_LOG_LEVEL": "debug",
+            "AIGUARD_METRICS": "0.0.0.0:9100",
+            "AIGUARD_COVERAGE_INTERVAL_SECONDS": "15",
+        }
+    )
+
+    assert cfg.injection.failure_policy == "Ignore"
+    assert cfg.injection.timeout_seconds == 5
+    assert cfg.sidecar.image == "registry.example:5000/aiguard/sidecar:1.2.3"
+    assert cfg.sidecar.version == "1.2.3"  # the tag, not the registry port
+    assert cfg.sidecar.image_pull_policy == "Always"
+    assert cfg.sidecar.resources["limits"] == {"memory": "1Gi", "cpu": "1"}
+    assert (cfg.sidecar.spool_size, cfg.sidecar.log_level) == ("2Gi", "debug")
+    assert (cfg.metrics.addr, cfg.metrics.port) == ("0.0.0.0", 9100)
+    assert cfg.coverage_interval == 15
+
+
+@pytest.mark.parametrize(
+    ("image", "version", "expected"),
+    [
+        ("ghcr.io/aiguard/aiguard-sidecar@sha256:" + "a" * 64, "", __version__),
+        ("ghcr.io/aiguard/aiguard-sidecar@sha256:" + "a" * 64, "0.9.0", "0.9.0"),
+        ("", "0.9.0", "0.9.0"),
+        ("localhost:5000/sidecar", "", __version__),
+    ],
+)
+def test_the_recorded_sidecar_version(image: str, version: str, expected: str) -> None:
+    cfg = from_env({"AIGUARD_SIDECAR_IMAGE": image, "AIGUARD_SIDECAR_VERSION": version})
+
+    assert cfg.sidecar.version == expected
+    if not image:
+        assert cfg.sidecar.image.endswith(f":{expected}")
+
+
+def test_metrics_can_be_switched_off() -> None:
+    assert from_env({"AIGUARD_METRICS": ""}).metrics.addr is None
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"AIGUARD_INJECTION_FAILURE_POLICY": "Maybe"}, "expected one of Fail, Ignore"),
+        ({"AIGUARD_INJECTION_TIMEOUT_SECONDS": "31"}, "expected a value from 1 to 30"),
+        ({"AIGUARD_SIDECAR_PULL_POLICY": "Sometimes"}, "AIGUARD_SIDECAR_PULL_POLICY"),
+        ({"AIGUARD_METRICS": "15091"}, "expected HOST:PORT"),
+        ({"AIGUARD_METRICS": "localhost:http"}, "expected HOST:PORT"),
+    ],
+)
+def test_bad_injection_values_name_the_variable(env: dict[str, str], words: str) -> None:
+    with pytest.raises(SettingsError, match=words):
         from_env(env)

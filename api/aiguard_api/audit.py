@@ -1,0 +1,706 @@
+"""The audit event: aiguard's evidence of one decided request, and how its chain is checked.
+
+Schema ``aiguard.dev/audit/v1``. One event per request the sidecar decided (allowed, denied,
+failed), written to the sidecar's spool before the response completes, shipped to the
+collector, kept there for the policy's ``audit.retentionDays``. Content is never in an event:
+only hashes of it, counts of what the guardrails found, and metadata.
+
+Wire form: one JSON object, keys sorted, no whitespace (the canonical form below), one object
+per line in spool segments and exports (JSON lines)::
+
+    {"aiguard.decisions":[...],"gen_ai.request.model":"gpt-4o",...,"hash":"sha256:…",
+     "id":"0197…","instance":"team-a/chatbot-5d9c-abcde/8c1f…","prev_hash":"sha256:…",
+     "schema":"aiguard.dev/audit/v1","sequence":42,"time":"2025-06-01T12:00:00.123456Z"}
+
+Envelope (the chain)
+--------------------
+=============  ======================================================================
+``schema``     ``aiguard.dev/audit/v1``; fields are only ever added within v1
+``id``         UUIDv7 (RFC 9562): time-ordered, unique; the collector's idempotency key
+``time``       when the event was written (RFC 3339, UTC, microseconds, ``Z``)
+``instance``   ``NAMESPACE/POD/BOOT``: one sidecar's chain. BOOT is created with the spool
+               and kept in it, so a restarted sidecar container continues its chain
+               (OpenTelemetry ``service.instance.id``)
+``sequence``   1, 2, 3 … per instance, no gaps
+``prev_hash``  ``hash`` of the event with the previous sequence; :data:`GENESIS` for 1
+``hash``       ``sha256:`` + SHA-256 over the canonical JSON of the event without ``hash``
+=============  ======================================================================
+
+Canonical JSON: ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+encoded as UTF-8 (:func:`canonical`). Verifiers hash the object they parsed, so JSON
+whitespace or key order in a store does not matter; any change of a value does.
+
+Attributes, and the OpenTelemetry names they follow
+---------------------------------------------------
+OpenTelemetry semantic-convention names are used where one exists (GenAI, k8s, HTTP, TLS,
+user, error); ``aiguard.*`` otherwise. Absent values are ``null``.
+
+======================================  ===================================================
+key                                     meaning (OpenTelemetry: as named, unless noted)
+======================================  ===================================================
+``k8s.namespace.name``                  the pod's namespace (OTel resource attribute)
+``k8s.pod.name``                        the pod
+``aiguard.workload.service_account``    the pod's ServiceAccount (no OTel name exists)
+``user.id``                             the verified end user (JWT ``sub`` / trusted header)
+``aiguard.user.groups``                 the user's groups (OTel's ``user.roles`` means
+                                        something else)
+``aiguard.identity.source``             ``jwt`` | ``header`` | ``workload``
+``aiguard.request.id``                  the ``x-aiguard-request-id`` the client saw
+``aiguard.request.start_time``          when the request arrived (RFC 3339)
+``http.request.method``, ``url.path``   the client's request line
+``aiguard.api``                         ``chat.completions`` | ``responses`` | ``messages``…
+``gen_ai.operation.name``               ``chat`` | ``responses`` | ``embeddings`` | ``models``
+``aiguard.stream``                      the response was streamed (SSE)
+``gen_ai.provider.name``                ``openai`` | ``anthropic`` | ``azure.ai.openai`` |
+                                        ``openai_compatible`` (well-known value)
+``aiguard.provider``                    the provider's name in the policy
+``aiguard.route``                       the policy route that matched
+``gen_ai.request.model``                the model the client asked for
+``aiguard.target.model``                the model asked of the provider (route mapping)
+``gen_ai.response.model``               the model that answered (as the provider says)
+``gen_ai.response.id``                  the provider's response id
+``openai.response.system_fingerprint``  the provider's system fingerprint
+``gen_ai.response.finish_reasons``      list of finish reasons
+``gen_ai.usage.input_tokens``           tokens in (provider-reported)
+``gen_ai.usage.output_tokens``          tokens out (provider-reported)
+``aiguard.input.hash``                  hash of the input text (:func:`content_hash`)
+``aiguard.output.hash``                 hash of the output text
+``aiguard.input.chars``                 characters of input text hashed
+``aiguard.output.chars``                characters of output text hashed
+``aiguard.hash.key_id``                 ``null``: plain SHA-256; else the first 16 hex digits
+                                        of SHA-256(key): which ``audit.hashKeySecretRef``
+                                        key the HMACs used
+``aiguard.unscanned``                   {kind: count} of parts no guardrail could read
+``aiguard.decisions``                   every decision: {stage, allowed, rule, reason,
+                                        enforced}; reasons never carry content
+``aiguard.findings``                    guardrail findings as counts: {direction,
+                                        guardrail, type, action, count}
+``aiguard.failover.path``               each upstream attempt: {provider, model, outcome,
+                                        status, seconds}
+``tls.protocol.name``                   ``tls`` when the upstream used TLS
+``tls.protocol.version``                ``1.3`` …
+``tls.cipher``                          the negotiated cipher suite (OpenSSL name)
+``http.response.status_code``           the status the client got
+``aiguard.outcome``                     ``ok`` or the reason code (``access_denied``…)
+``error.type``                          = outcome when not ``ok``; ``null`` otherwise
+``aiguard.latency_seconds``             request arrival to the event (response end)
+``aiguard.upstream_seconds``            time spent in upstream attempts
+``aiguard.ttft_seconds``                time to the first output token (streams)
+``aiguard.policy.name``                 the AIPolicy (in ``k8s.namespace.name``)
+``aiguard.policy.hash``                 the compiled policy's content hash
+``aiguard.mode``                        ``enforce`` | ``audit``
+======================================  ===================================================
+
+Content hashes: :func:`content_hash` over :func:`canonical_segments` — the JSON array of
+``[role, text]`` pairs in request order, canonical JSON, UTF-8 — with SHA-256
+(``sha256:<hex>``) or, when the policy names ``audit.hashKeySecretRef``, HMAC-SHA-256 with
+that key (``hmac-sha256:<hex>``) so that short secrets cannot be recovered by guessing. The
+text is as it stood when the request was decided (after any redaction in ``enforce`` mode),
+i.e. what was sent upstream; output text as the client received it.
+
+Chains and their checking
+-------------------------
+:func:`verify_chain` is pure: events (parsed JSON objects) in, :class:`Problem` list out,
+each naming the exact event (instance, sequence, id, position in the input). Retention
+purges delete a prefix of a chain; the collector records each purge, and a
+:class:`ChainStart` built from that record (:meth:`PurgeRecord.starts`) says where the chain
+now legitimately begins.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import itertools
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA: Final = "aiguard.dev/audit/v1"
+PURGE_SCHEMA: Final = "aiguard.dev/audit-purge/v1"
+GENESIS: Final = "sha256:" + "0" * 64
+"""``prev_hash`` of an instance's first event (sequence 1)."""
+HASH_PREFIX: Final = "sha256:"
+
+# The collector.
+COLLECTOR_PORT: Final = 15093
+COLLECTOR_AUDIENCE: Final = "aiguard.dev/collector"
+"""Audience of the projected ServiceAccount token a sidecar presents to the collector."""
+COLLECTOR_TOKEN_FILE: Final = "/var/run/secrets/aiguard/collector/token"  # noqa: S105 - a path
+"""Where injection mounts that token in the sidecar (a projected volume)."""
+EVENTS_PATH: Final = "/v1/events"
+MAX_BATCH_EVENTS: Final = 1000
+"""Most events one ``POST /v1/events`` may carry."""
+MAX_BATCH_BYTES: Final = 8 << 20
+
+# Envelope keys.
+ID: Final = "id"
+TIME: Final = "time"
+INSTANCE: Final = "instance"
+SEQUENCE: Final = "sequence"
+PREV_HASH: Final = "prev_hash"
+HASH: Final = "hash"
+ENVELOPE: Final = ("schema", ID, TIME, INSTANCE, SEQUENCE, PREV_HASH, HASH)
+
+# Attribute keys used by code (the sidecar writes them, the collector indexes them).
+NAMESPACE: Final = "k8s.namespace.name"
+POD: Final = "k8s.pod.name"
+SERVICE_ACCOUNT: Final = "aiguard.workload.service_account"
+POLICY_NAME: Final = "aiguard.policy.name"
+
+
+# --------------------------------------------------------------------------- canonical form
+
+
+def canonical(obj: Any) -> bytes:
+    """The canonical JSON bytes of ``obj`` (sorted keys, compact, UTF-8, no ASCII escaping)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def event_hash(event: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` over the canonical JSON of ``event`` without its ``hash`` key."""
+    body = {k: v for k, v in event.items() if k != HASH}
+    return HASH_PREFIX + hashlib.sha256(canonical(body)).hexdigest()
+
+
+def hash_and_line(event: Mapping[str, Any]) -> tuple[str, bytes]:
+    """The hash of ``event`` (which has no ``hash`` key) and the canonical JSON line of the
+    event with it, encoding the body once: sorted keys put ``hash`` between the keys that
+    sort before it and those after, so both documents are spliced from the same two parts."""
+    low = canonical({k: v for k, v in event.items() if k < HASH})[1:-1]
+    high = canonical({k: v for k, v in event.items() if k > HASH})[1:-1]
+    body = b"{" + b",".join(x for x in (low, high) if x) + b"}"
+    own = HASH_PREFIX + hashlib.sha256(body).hexdigest()
+    item = b'"hash":"' + own.encode() + b'"'
+    return own, b"{" + b",".join(x for x in (low, item, high) if x) + b"}\n"
+
+
+def canonical_segments(segments: Iterable[tuple[str, str]]) -> bytes:
+    """The canonical form content hashes are taken over: ``[[role, text], ...]``."""
+    return canonical([[role, text] for role, text in segments])
+
+
+def content_hash(segments: Iterable[tuple[str, str]], key: bytes | None = None) -> str:
+    """SHA-256 (``sha256:…``) or, with ``key``, HMAC-SHA-256 (``hmac-sha256:…``) of the
+    canonical form of ``segments``. Auditors recompute it from a prompt they hold."""
+    data = canonical_segments(segments)
+    if key:
+        return "hmac-sha256:" + hmac.new(key, data, hashlib.sha256).hexdigest()
+    return HASH_PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def key_id(key: bytes) -> str:
+    """Names a hash key without revealing it (first 16 hex digits of its SHA-256)."""
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def format_time(ts: float) -> str:
+    """Unix seconds → ``2025-06-01T12:00:00.123456Z``."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str) -> float:
+    """RFC 3339 (``Z`` or an offset) → Unix seconds. ValueError when it is not one."""
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError(f"time {value!r} has no zone")
+    return dt.timestamp()
+
+
+# --------------------------------------------------------------------------- ids
+
+
+class EventIds:
+    """UUIDv7 (RFC 9562) generator, strictly increasing within a process even when the clock
+    stands still or steps back (the 12-bit ``rand_a`` field is a counter within a
+    millisecond, method 1 of the RFC). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ms = 0
+        self._counter = 0
+
+    def new(self, now: float | None = None) -> str:
+        ms = int((time.time() if now is None else now) * 1000)
+        with self._lock:
+            if ms <= self._ms:
+                ms = self._ms
+                self._counter += 1
+                if self._counter > 0xFFF:  # 4096 ids in one millisecond: borrow the next
+                    ms += 1
+                    self._counter = 0
+            else:
+                self._counter = 0
+            self._ms = ms
+            counter = self._counter
+        rand_b = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+        value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CONTENT_HASH = re.compile(r"^(sha256|hmac-sha256):[0-9a-f]{64}$")
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class DecisionRecord(_Part):
+    """One policy decision on the request's path."""
+
+    stage: str = Field(description="identity | access | rate_limit | guardrail | audit")
+    allowed: bool
+    rule: str | None = Field(description="the policy field that decided, e.g. spec.access")
+    reason: str = Field(description="why, naming guardrails and types, never content")
+    enforced: bool = Field(description="false in mode audit: recorded, traffic unchanged")
+
+
+class FindingCount(_Part):
+    """How many findings of one type one guardrail reported, and the action that applied."""
+
+    direction: Literal["input", "output"]
+    guardrail: str = Field(description="pii | secrets | prompt_injection | moderation | …")
+    type: str = Field(description="EMAIL_ADDRESS | AWS_ACCESS_KEY | jailbreak | …")
+    action: str = Field(description="allow | redact | mask | hash | block | flag | review")
+    count: int = Field(ge=1)
+
+
+class Attempt(_Part):
+    """One upstream attempt (the failover path)."""
+
+    provider: str
+    model: str
+    outcome: str = Field(description="ok | a failure kind | http_<status>")
+    status: int | None
+    seconds: float
+
+
+class AuditEvent(BaseModel):
+    """An audit event as the wire carries it (see the module docstring for every key).
+
+    Unknown keys are kept (``extra="allow"``): a newer v1 writer may add fields, and the
+    hash covers them, so a reader must never drop them.
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+    schema_: Literal["aiguard.dev/audit/v1"] = Field(alias="schema")
+    id: str
+    time: str
+    instance: str = Field(min_length=5, max_length=512)
+    sequence: int = Field(ge=1)
+    prev_hash: str
+    hash: str
+
+    namespace: str = Field(alias="k8s.namespace.name", min_length=1, max_length=63)
+    pod: str = Field(alias="k8s.pod.name", min_length=1, max_length=253)
+    service_account: str = Field(alias="aiguard.workload.service_account", min_length=1)
+    user_id: str | None = Field(alias="user.id")
+    user_groups: list[str] = Field(alias="aiguard.user.groups")
+    identity_source: str | None = Field(alias="aiguard.identity.source")
+
+    request_id: str = Field(alias="aiguard.request.id")
+    request_start_time: str = Field(alias="aiguard.request.start_time")
+    method: str = Field(alias="http.request.method")
+    path: str = Field(alias="url.path")
+    api: str | None = Field(alias="aiguard.api")
+    operation: str | None = Field(alias="gen_ai.operation.name")
+    stream: bool = Field(alias="aiguard.stream")
+
+    provider_name: str | None = Field(alias="gen_ai.provider.name")
+    provider: str | None = Field(alias="aiguard.provider")
+    route: str | None = Field(alias="aiguard.route")
+    request_model: str | None = Field(alias="gen_ai.request.model")
+    target_model: str | None = Field(alias="aiguard.target.model")
+    response_model: str | None = Field(alias="gen_ai.response.model")
+    response_id: str | None = Field(alias="gen_ai.response.id")
+    system_fingerprint: str | None = Field(alias="openai.response.system_fingerprint")
+    finish_reasons: list[str] = Field(alias="gen_ai.response.finish_reasons")
+    input_tokens: int | None = Field(alias="gen_ai.usage.input_tokens")
+    output_tokens: int | None = Field(alias="gen_ai.usage.output_tokens")
+
+    input_hash: str | None = Field(alias="aiguard.input.hash")
+    output_hash: str | None = Field(alias="aiguard.output.hash")
+    input_chars: int = Field(alias="aiguard.input.chars", ge=0)
+    output_chars: int = Field(alias="aiguard.output.chars", ge=0)
+    hash_key_id: str | None = Field(alias="aiguard.hash.key_id")
+    unscanned: dict[str, int] = Field(alias="aiguard.unscanned")
+    decisions: list[DecisionRecord] = Field(alias="aiguard.decisions")
+    findings: list[FindingCount] = Field(alias="aiguard.findings")
+    failover_path: list[Attempt] = Field(alias="aiguard.failover.path")
+
+    tls_protocol: str | None = Field(alias="tls.protocol.name")
+    tls_version: str | None = Field(alias="tls.protocol.version")
+    tls_cipher: str | None = Field(alias="tls.cipher")
+    status: int = Field(alias="http.response.status_code", ge=0, le=999)
+    outcome: str = Field(alias="aiguard.outcome")
+    error_type: str | None = Field(alias="error.type")
+    latency_seconds: float = Field(alias="aiguard.latency_seconds", ge=0)
+    upstream_seconds: float = Field(alias="aiguard.upstream_seconds", ge=0)
+    ttft_seconds: float | None = Field(alias="aiguard.ttft_seconds")
+
+    policy_name: str = Field(alias="aiguard.policy.name", min_length=1)
+    policy_hash: str = Field(alias="aiguard.policy.hash")
+    mode: Literal["enforce", "audit"] = Field(alias="aiguard.mode")
+
+    @field_validator("id")
+    @classmethod
+    def _uuid7(cls, v: str) -> str:
+        if not _UUID7.match(v):
+            raise ValueError("id must be a lower-case UUIDv7")
+        return v
+
+    @field_validator("time", "request_start_time")
+    @classmethod
+    def _rfc3339(cls, v: str) -> str:
+        parse_time(v)
+        return v
+
+    @field_validator("prev_hash", "hash")
+    @classmethod
+    def _sha256(cls, v: str) -> str:
+        if not _HASH.match(v):
+            raise ValueError("expected sha256:<64 hex digits>")
+        return v
+
+    @field_validator("input_hash", "output_hash")
+    @classmethod
+    def _content(cls, v: str | None) -> str | None:
+        if v is not None and not _CONTENT_HASH.match(v):
+            raise ValueError("expected sha256:<hex> or hmac-sha256:<hex>")
+        return v
+
+    @property
+    def timestamp(self) -> float:
+        return parse_time(self.time)
+
+
+def instance_id(namespace: str, pod: str, boot_id: str) -> str:
+    return f"{namespace}/{pod}/{boot_id}"
+
+
+# --------------------------------------------------------------------------- purges
+
+
+class PurgedChain(_Part):
+    """The prefix of one chain a purge deleted."""
+
+    instance: str
+    first_sequence: int = Field(ge=1)
+    last_sequence: int = Field(ge=1)
+    last_hash: str = Field(description="hash of the last event deleted: the new chain start")
+    count: int = Field(ge=0)
+
+
+class PurgeRecord(BaseModel):
+    """One retention purge of one policy's events, as the collector records and serves it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    schema_: Literal["aiguard.dev/audit-purge/v1"] = Field(default=PURGE_SCHEMA, alias="schema")
+    id: str
+    time: str = Field(description="when the purge ran")
+    namespace: str
+    policy: str
+    rule: str = Field(description="what decided, e.g. spec.audit.retentionDays=30")
+    retention_days: int
+    cutoff: str = Field(description="events written before this time were eligible")
+    count: int = Field(ge=0, description="events deleted")
+    oldest: str | None = Field(description="time of the oldest event deleted")
+    newest: str | None = Field(description="time of the newest event deleted")
+    chains: list[PurgedChain] = Field(default_factory=list)
+
+    def starts(self) -> dict[str, ChainStart]:
+        return {
+            c.instance: ChainStart(c.last_sequence + 1, c.last_hash, purge_id=self.id)
+            for c in self.chains
+        }
+
+
+# --------------------------------------------------------------------------- verification
+
+
+class ProblemKind(enum.StrEnum):
+    INVALID = "invalid"  # not an audit event (missing or malformed envelope)
+    EDITED = "edited"  # its hash does not match its content
+    BROKEN_LINK = "broken_link"  # prev_hash is not the previous event's hash
+    GAP = "gap"  # sequences missing before this event
+    REORDERED = "reordered"  # appears after an event with a higher sequence
+    DUPLICATE = "duplicate"  # the same event (id) more than once
+    CONFLICT = "conflict"  # two different events with one sequence (a fork)
+    TRUNCATED = "truncated"  # the chain ends before the head the collector saw
+
+
+@dataclass(frozen=True, slots=True)
+class ChainStart:
+    """Where a chain legitimately begins when a purge deleted its prefix."""
+
+    sequence: int
+    prev_hash: str
+    purge_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: ProblemKind
+    instance: str
+    sequence: int | None
+    id: str | None
+    position: int | None
+    """Index of the event in the input (0-based; a line number minus one for a file)."""
+    message: str
+
+    def __str__(self) -> str:
+        at = f"{self.instance} #{self.sequence}" if self.sequence is not None else self.instance
+        pos = f" (input item {self.position + 1})" if self.position is not None else ""
+        ident = f" id {self.id}" if self.id else ""
+        return f"{self.kind.value}: {at}{ident}{pos}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "instance": self.instance,
+            "sequence": self.sequence,
+            "id": self.id,
+            "position": self.position,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    position: int
+    sequence: int
+    id: str
+    prev_hash: str
+    hash: str
+
+
+def _envelope(event: Any) -> tuple[str, int, str, str, str] | str:
+    """(instance, sequence, id, prev_hash, hash) or the reason the envelope is unusable."""
+    if not isinstance(event, Mapping):
+        return "not a JSON object"
+    if event.get("schema") != SCHEMA:
+        return f"schema is {event.get('schema')!r}, expected {SCHEMA!r}"
+    inst, seq, ident = event.get(INSTANCE), event.get(SEQUENCE), event.get(ID)
+    prev, own = event.get(PREV_HASH), event.get(HASH)
+    if not isinstance(inst, str) or not inst:
+        return "no instance"
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return f"sequence {seq!r} is not a positive integer"
+    if not isinstance(ident, str) or not ident:
+        return "no id"
+    if not isinstance(prev, str) or not isinstance(own, str):
+        return "no prev_hash or hash"
+    return inst, seq, ident, prev, own
+
+
+def verify_chain(
+    events: Iterable[Any],
+    *,
+    starts: Mapping[str, ChainStart] | None = None,
+    heads: Mapping[str, int] | None = None,
+) -> list[Problem]:
+    """Check hash chains; return every problem found (empty: the chains are intact).
+
+    ``events`` are parsed JSON objects in the order they were stored or exported (each
+    instance's events in sequence order; instances may interleave). Per instance:
+
+    * each event's ``hash`` must match its content (else ``edited``);
+    * the same ``id`` twice is a ``duplicate``; two different events with one sequence a
+      ``conflict``; an event after one with a higher sequence ``reordered`` (the rest of the
+      check then uses sequence order, so a reordering alone reports only itself);
+    * the chain must start at sequence 1 with :data:`GENESIS`, or where ``starts`` (from
+      purge records) says; each next event must have the next sequence (else ``gap``) and
+      link to its predecessor's hash (else ``broken_link``);
+    * ``heads`` (instance → the highest sequence the collector received): a chain that ends
+      before it was ``truncated`` (deleted at the end).
+    """
+    starts = starts or {}
+    problems: list[Problem] = []
+    chains: dict[str, list[_Seen]] = {}
+    for position, event in enumerate(events):
+        env = _envelope(event)
+        if isinstance(env, str):
+            inst = event.get(INSTANCE) if isinstance(event, Mapping) else None
+            problems.append(
+                Problem(
+                    ProblemKind.INVALID,
+                    str(inst or "?"),
+                    None,
+                    None,
+                    position,
+                    env,
+                )
+            )
+            continue
+        inst, seq, ident, prev, own = env
+        actual = event_hash(event)
+        if actual != own:
+            problems.append(
+                Problem(
+                    ProblemKind.EDITED,
+                    inst,
+                    seq,
+                    ident,
+                    position,
+                    f"content does not match its hash (stored {own[:19]}…, computed "
+                    f"{actual[:19]}…): the event was changed after it was written",
+                )
+            )
+        chains.setdefault(inst, []).append(_Seen(position, seq, ident, prev, own))
+
+    for inst, seen in chains.items():
+        problems.extend(_verify_one(inst, seen, starts.get(inst), (heads or {}).get(inst)))
+    problems.sort(key=lambda p: p.position if p.position is not None else 1 << 62)
+    return problems
+
+
+def _verify_one(
+    inst: str, seen: Sequence[_Seen], start: ChainStart | None, head: int | None
+) -> list[Problem]:
+    out: list[Problem] = []
+    highest: _Seen | None = None
+    by_id: dict[str, _Seen] = {}
+    by_seq: dict[int, _Seen] = {}
+    for s in seen:
+        if s.id in by_id:
+            first = by_id[s.id]
+            out.append(
+                Problem(
+                    ProblemKind.DUPLICATE,
+                    inst,
+                    s.sequence,
+                    s.id,
+                    s.position,
+                    f"the same event as input item {first.position + 1}",
+                )
+            )
+            continue
+        by_id[s.id] = s
+        if s.sequence in by_seq:
+            other = by_seq[s.sequence]
+            out.append(
+                Problem(
+                    ProblemKind.CONFLICT,
+                    inst,
+                    s.sequence,
+                    s.id,
+                    s.position,
+                    f"sequence {s.sequence} is also event {other.id} (input item "
+                    f"{other.position + 1}): two different events claim one place",
+                )
+            )
+            continue
+        by_seq[s.sequence] = s
+        if highest is not None and s.sequence < highest.sequence:
+            out.append(
+                Problem(
+                    ProblemKind.REORDERED,
+                    inst,
+                    s.sequence,
+                    s.id,
+                    s.position,
+                    f"appears after sequence {highest.sequence} (input item "
+                    f"{highest.position + 1})",
+                )
+            )
+        if highest is None or s.sequence > highest.sequence:
+            highest = s
+
+    ordered = sorted(by_seq.values(), key=lambda s: s.sequence)
+    if not ordered:
+        return out
+    first = ordered[0]
+    if first.sequence == 1:
+        expected_prev: str | None = GENESIS
+        origin = "the genesis hash"
+    elif start is not None and first.sequence == start.sequence:
+        expected_prev = start.prev_hash
+        origin = f"the last event deleted by purge {start.purge_id}"
+    else:
+        expected_prev = None
+        begin = start.sequence if start is not None and start.sequence < first.sequence else 1
+        why = (
+            f"the chain starts at {begin} (purge {start.purge_id})"
+            if start is not None and start.sequence < first.sequence
+            else "no purge record covers them"
+        )
+        out.append(
+            Problem(
+                ProblemKind.GAP,
+                inst,
+                first.sequence,
+                first.id,
+                first.position,
+                f"events {begin}..{first.sequence - 1} are missing before it ({why})",
+            )
+        )
+    if expected_prev is not None and first.prev_hash != expected_prev:
+        out.append(
+            Problem(
+                ProblemKind.BROKEN_LINK,
+                inst,
+                first.sequence,
+                first.id,
+                first.position,
+                f"prev_hash is not {origin}",
+            )
+        )
+    for before, s in itertools.pairwise(ordered):
+        if s.sequence != before.sequence + 1:
+            missing = (
+                f"event {before.sequence + 1} is"
+                if s.sequence == before.sequence + 2
+                else f"events {before.sequence + 1}..{s.sequence - 1} are"
+            )
+            out.append(
+                Problem(
+                    ProblemKind.GAP,
+                    inst,
+                    s.sequence,
+                    s.id,
+                    s.position,
+                    f"{missing} missing before it (deleted, or not yet delivered)",
+                )
+            )
+        elif s.prev_hash != before.hash:
+            out.append(
+                Problem(
+                    ProblemKind.BROKEN_LINK,
+                    inst,
+                    s.sequence,
+                    s.id,
+                    s.position,
+                    f"prev_hash does not match the hash of sequence {before.sequence} "
+                    f"(id {before.id}): that event was replaced or edited and re-hashed",
+                )
+            )
+    last = ordered[-1]
+    if head is not None and last.sequence < head:
+        out.append(
+            Problem(
+                ProblemKind.TRUNCATED,
+                inst,
+                last.sequence,
+                last.id,
+                last.position,
+                f"the chain ends at {last.sequence} but the collector received up to {head}",
+            )
+        )
+    return out
