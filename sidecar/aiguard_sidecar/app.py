@@ -365,15 +365,17 @@ class SidecarServer:
         s = self.settings
         admin_started = False
         try:
-            await self._runner.setup()  # runs cleanup_ctx: session, secrets, audit, policy
-            site = web.TCPSite(self._runner, s.listen_host, s.listen_port, backlog=1024)
-            await site.start()
-            self.port = _bound_port(self._runner)
+            # The admin port first: /healthz answers and /readyz says 503 while the policy
+            # (and its guardrail engines, which can take seconds to compile) loads.
             await self._admin_runner.setup()
             admin_started = True
             admin_site = web.TCPSite(self._admin_runner, s.admin_host, s.admin_port)
             await admin_site.start()
             self.admin_port = _bound_port(self._admin_runner)
+            await self._runner.setup()  # runs cleanup_ctx: session, secrets, audit, policy
+            site = web.TCPSite(self._runner, s.listen_host, s.listen_port, backlog=1024)
+            await site.start()
+            self.port = _bound_port(self._runner)
         except BaseException:
             if admin_started:
                 await self._admin_runner.cleanup()

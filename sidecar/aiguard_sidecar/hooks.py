@@ -85,8 +85,18 @@ class NoGuardrails:
         return None
 
 
+class Preparable(Protocol):
+    """Optional: guardrails with expensive state (compiled pattern databases, classifiers).
+    ``runtime.build`` awaits ``prepare()`` before the policy goes into force, so until it
+    returns the previous policy keeps serving (at startup: not ready). It must not block the
+    event loop (build in a worker thread); a ``ConfigError`` rejects the policy."""
+
+    async def prepare(self) -> None: ...
+
+
 GuardrailsFactory = Callable[[SidecarConfig], Guardrails]
-"""Builds the guardrails of one policy version (called at each policy load)."""
+"""Builds the guardrails of one policy version (called at each policy load). Must be cheap;
+heavy work belongs in ``prepare()`` (:class:`Preparable`)."""
 
 
 def no_guardrails(cfg: SidecarConfig) -> Guardrails:

@@ -127,7 +127,10 @@ def workload_from_env(policy_namespace: str) -> Workload:
 
 
 async def serve(settings: Settings) -> int:
-    server = SidecarServer(settings)
+    # The policy's guardrails (engine compiled in a worker thread at each policy load).
+    from aiguard_sidecar.guarding import engine_guardrails
+
+    server = SidecarServer(settings, guardrails=engine_guardrails)
     try:
         await server.start()
     except ConfigError as e:

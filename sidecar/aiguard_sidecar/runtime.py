@@ -227,6 +227,13 @@ async def build(
             except ValueError as e:
                 raise ConfigError(f"spec.rateLimits: {e}") from e
         guardrails = deps.guardrails(cfg)
+        prepare = getattr(guardrails, "prepare", None)
+        if prepare is not None:  # hooks.Preparable: heavy building, off the event loop
+            try:
+                await prepare()
+            except BaseException:
+                await guardrails.close()
+                raise
     except BaseException:
         if previous is None or authenticator is not previous.authenticator:
             await authenticator.close()

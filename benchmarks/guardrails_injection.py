@@ -1,0 +1,324 @@
+"""Prompt-injection detection on the held-out split of ../shared/eval, per source, and its cost.
+
+    python -m benchmarks.guardrails_injection [--eval-dir ../shared/eval]
+
+Only rows the shipped model never trained on are scored (split rule: benchmarks/_guardrail_data.py;
+the model was fitted, selected and calibrated on the other 70 %). Reported:
+
+- detection per attack source and false positives per benign source at the shipped default
+  threshold (policy default 0.5), and the threshold that keeps held-out benign false positives
+  ≤ 2 % with the detection there (a figure, not a setting: nothing is tuned on it);
+- the same for the classifier alone and the signatures alone (ablations);
+- detection on "novel" held-out attacks (no near duplicate in the training split);
+- indirect injection: PurpleLlama's indirect cases scanned as a tool result, and false
+  positives of the tool-result role on ordinary documents (web comments, model answers);
+- CPU time per 2 KB text (one thread, normalisation cache cleared between passes).
+
+Writes benchmarks/results/guardrails_injection.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiguard_api import policy
+from aiguard_sidecar.guardrails import injection, linear, textnorm
+from aiguard_sidecar.guardrails.base import Direction, Role, ScanContext, Segment
+from benchmarks import _guardrail_data as data
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_THRESHOLD = policy.PromptInjectionGuardrail().threshold
+MAX_FPR = 0.02
+
+
+def _rate(flags: Sequence[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 4) if flags else None
+
+
+def threshold_for_fpr(negatives: Sequence[float], max_fpr: float) -> float:
+    """The lowest threshold t with (#negatives scoring ≥ t) / n ≤ max_fpr."""
+    s = sorted(negatives, reverse=True)
+    allowed = int(max_fpr * len(s))
+    if allowed >= len(s):
+        return 0.0
+    # scores ≥ t fire: t just above the (allowed+1)-th highest negative score
+    return float(s[allowed]) + 1e-9
+
+
+def _summarise(
+    scores: Sequence[float], rows: Sequence[data.Row], thr: float
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for src in sorted({r.short_source for r in rows}):
+        flags = [s >= thr for s, r in zip(scores, rows, strict=True) if r.short_source == src]
+        out[src] = {"n": len(flags), "rate": _rate(flags)}
+    return out
+
+
+def _variant_scores(rows: Sequence[data.Row], fn: Callable[[str], float]) -> list[float]:
+    return [fn(r.text) for r in rows]
+
+
+def evaluate(eval_dir: Path = data.DEFAULT_EVAL_DIR, *, timing: bool = True) -> dict[str, Any]:
+    model = linear.load(injection.MODEL_NAME)
+    attacks_all = data.load("prompt_attacks", eval_dir)
+    benign_all = data.load("benign_prompts", eval_dir)
+    attacks = [r for r in attacks_all if r.heldout]
+    benign = [r for r in benign_all if r.heldout]
+    others = [
+        r for f in data.INJECTION_EXTRA_NEGATIVES for r in data.load(f, eval_dir) if r.heldout
+    ]
+
+    def full(text: str, role: Role = Role.USER) -> float:
+        return injection.score_text(text, model=model, role=role).score
+
+    variants: dict[str, Callable[[str], float]] = {
+        "combined": full,
+        "classifier_only": lambda t: (
+            injection.score_text(t, model=model, use_signatures=False).score
+        ),
+        "signatures_only": lambda t: (
+            injection.score_text(t, model=model, use_classifier=False).score
+        ),
+    }
+    result: dict[str, Any] = {
+        "split": data.SPLIT_RULE,
+        "model": {
+            "trained": model.provenance.get("trained"),
+            "n_grams": model.n_features(),
+            "file_bytes": (linear.MODELS_DIR / "injection.json").stat().st_size,
+        },
+        "default_threshold": DEFAULT_THRESHOLD,
+        "n": {"attacks": len(attacks), "benign": len(benign), "other_negatives": len(others)},
+    }
+    for name, fn in variants.items():
+        a = _variant_scores(attacks, fn)
+        b = _variant_scores(benign, fn)
+        thr2 = threshold_for_fpr(b, MAX_FPR)
+        entry: dict[str, Any] = {
+            "at_default_threshold": {
+                "threshold": DEFAULT_THRESHOLD,
+                "detected": _rate([s >= DEFAULT_THRESHOLD for s in a]),
+                "benign_fpr": _rate([s >= DEFAULT_THRESHOLD for s in b]),
+                "attacks_by_source": _summarise(a, attacks, DEFAULT_THRESHOLD),
+                "benign_by_source": _summarise(b, benign, DEFAULT_THRESHOLD),
+            },
+            "at_2pct_fpr": {
+                "threshold": round(thr2, 4),
+                "detected": _rate([s >= thr2 for s in a]),
+                "benign_fpr": _rate([s >= thr2 for s in b]),
+                "attacks_by_source": _summarise(a, attacks, thr2),
+            },
+        }
+        if name == "combined":
+            seed = [r for r in data.load_seed() if r.heldout]
+            sd = _variant_scores(seed, fn)
+            entry["at_default_threshold"]["seed_benign"] = {
+                "n": len(seed),
+                "rate": _rate([s >= DEFAULT_THRESHOLD for s in sd]),
+                "note": "hand-written ordinary prompts (hack/data/benign.jsonl), held-out part",
+            }
+            o = _variant_scores(others, fn)
+            entry["at_default_threshold"]["other_negatives_by_source"] = _summarise(
+                o, others, DEFAULT_THRESHOLD
+            )
+            train_attacks = [r.text for r in attacks_all if not r.heldout]
+            is_novel = data.novel(train_attacks, [r.text for r in attacks])
+            nov = [s for s, n in zip(a, is_novel, strict=True) if n]
+            entry["novel_attacks"] = {
+                "n": len(nov),
+                "detected_at_default": _rate([s >= DEFAULT_THRESHOLD for s in nov]),
+                "detected_at_2pct_fpr": _rate([s >= thr2 for s in nov]),
+            }
+            by_variant: dict[str, list[bool]] = {}
+            for s, r in zip(a, attacks, strict=True):
+                if r.short_source == "purplellama/prompt_injection":
+                    key = f"{r.category}/{r.extras.get('variant')}"
+                    by_variant.setdefault(key, []).append(s >= DEFAULT_THRESHOLD)
+            entry["purplellama_by_variant"] = {
+                k: {"n": len(v), "detected": _rate(v)} for k, v in sorted(by_variant.items())
+            }
+        result[name] = entry
+    result["indirect"] = _indirect(attacks, eval_dir, full)
+    if timing:
+        result["cpu"] = cpu_per_2kb(attacks + benign, model)
+    return result
+
+
+def _indirect(
+    attacks: Sequence[data.Row], eval_dir: Path, full: Callable[[str, Role], float]
+) -> dict[str, Any]:
+    """Indirect cases as a tool result; other texts as tool results (false positives).
+
+    Ordinary documents: OpenAI-moderation web texts, GSM8K word problems. GPTFuzz answers are
+    reported apart: they are transcripts of jailbreak sessions ("AIM: ...", "DAN: ...") that
+    restate the attack's persona, so flagging them as a tool result is arguably right."""
+    ind = [r for r in attacks if r.category == "injection_indirect"]
+    docs = [
+        r
+        for f in ("toxicity", "benign_prompts")
+        for r in data.load(f, eval_dir)
+        if r.heldout and r.short_source in ("openai-moderation", "gsm8k")
+    ]
+    transcripts = [r for r in data.load("response_harm", eval_dir) if r.heldout]
+    as_user = [full(r.text, Role.USER) for r in ind]
+    as_tool = [full(r.text, Role.TOOL_RESULT) for r in ind]
+    doc_scores = [full(r.text, Role.TOOL_RESULT) for r in docs]
+    tr_scores = [full(r.text, Role.TOOL_RESULT) for r in transcripts]
+    return {
+        "purplellama_indirect_n": len(ind),
+        "detected_as_user": _rate([s >= DEFAULT_THRESHOLD for s in as_user]),
+        "detected_as_tool_result": _rate([s >= DEFAULT_THRESHOLD for s in as_tool]),
+        "documents_as_tool_result_fpr": _summarise(doc_scores, docs, DEFAULT_THRESHOLD),
+        "jailbreak_transcripts_as_tool_result_flagged": _summarise(
+            tr_scores, transcripts, DEFAULT_THRESHOLD
+        ),
+        "role_bias": injection.ROLE_BIAS,
+    }
+
+
+def _texts_2kb(rows: Sequence[data.Row], n: int = 400) -> list[str]:
+    """Distinct ~2 KB texts built from held-out rows (short rows are concatenated)."""
+    out: list[str] = []
+    buf = ""
+    for r in rows:
+        buf += r.text + "\n"
+        while len(buf.encode("utf-8")) >= 2048:
+            raw = buf.encode("utf-8")[:2048].decode("utf-8", "ignore")
+            out.append(raw)
+            buf = buf[len(raw) :]
+            if len(out) >= n:
+                return out
+    return out
+
+
+def cpu_per_2kb(rows: Sequence[data.Row], model: linear.LinearModel) -> dict[str, Any]:
+    texts = _texts_2kb(rows)
+    guard = injection.PromptInjectionGuardrail(policy.PromptInjectionGuardrail())
+    ctx = ScanContext(direction=Direction.INPUT)
+    segs = [[Segment(0, t, Role.USER)] for t in texts]
+    for s in segs[:20]:  # warm up
+        guard.check(s, ctx)
+
+    def per_text(fn: Callable[[str], object]) -> float:
+        runs = []
+        for _ in range(5):
+            textnorm._cached.cache_clear()  # no help from the normalisation cache
+            t0 = time.process_time()
+            for t in texts:
+                fn(t)
+            runs.append((time.process_time() - t0) / len(texts) * 1e3)
+        return round(statistics.median(runs), 4)
+
+    norm_ms = per_text(textnorm._normalize)
+    normed = [textnorm._normalize(t) for t in texts]
+    sig_ms = _per_item(lambda i: injection.signature_families(normed[i]), len(texts))
+    clf_ms = _per_item(lambda i: model.logits_of(normed[i]), len(texts))
+    check_ms = per_text(lambda t: guard.check([Segment(0, t, Role.USER)], ctx))
+    base_ms = _per_item(lambda i: texts[i].split(), len(texts))
+    return {
+        "texts": len(texts),
+        "bytes_each": 2048,
+        "reference_str_split_ms": base_ms,
+        "ms_per_2kb": {
+            "guardrail_check": check_ms,
+            "normalise": norm_ms,
+            "signatures": sig_ms,
+            "classifier": clf_ms,
+        },
+        "note": "CPU time (time.process_time), median of 5 passes, one thread",
+    }
+
+
+def _per_item(fn: Callable[[int], object], n: int) -> float:
+    runs = []
+    for _ in range(5):
+        t0 = time.process_time()
+        for i in range(n):
+            fn(i)
+        runs.append((time.process_time() - t0) / n * 1e3)
+    return round(statistics.median(runs), 4)
+
+
+def _pct(v: float | None) -> str:
+    return "   -  " if v is None else f"{100 * v:5.1f}%"
+
+
+def print_table(res: dict[str, Any]) -> None:
+    c = res["combined"]
+    d = c["at_default_threshold"]
+    t2 = c["at_2pct_fpr"]
+    print(f"held-out: {res['n']['attacks']} attacks, {res['n']['benign']} benign prompts")
+    print(
+        f"threshold {res['default_threshold']} (default) | {t2['threshold']:.3f} (≤2% benign FPR)"
+    )
+    print(f"{'attack source':34s} {'n':>5s} {'detected':>9s} {'@≤2%FPR':>9s}")
+    for src, v in d["attacks_by_source"].items():
+        v2 = t2["attacks_by_source"][src]
+        print(f"{src:34s} {v['n']:5d} {_pct(v['rate']):>9s} {_pct(v2['rate']):>9s}")
+    print(
+        f"{'ALL attacks':34s} {res['n']['attacks']:5d} {_pct(d['detected']):>9s} "
+        f"{_pct(t2['detected']):>9s}"
+    )
+    nov = c["novel_attacks"]
+    print(
+        f"{'  novel (no near-dup in train)':34s} {nov['n']:5d} "
+        f"{_pct(nov['detected_at_default']):>9s} {_pct(nov['detected_at_2pct_fpr']):>9s}"
+    )
+    print(f"{'benign source (false positives)':34s} {'n':>5s} {'FPR':>9s}")
+    for src, v in d["benign_by_source"].items():
+        print(f"{src:34s} {v['n']:5d} {_pct(v['rate']):>9s}")
+    print(f"{'ALL benign':34s} {res['n']['benign']:5d} {_pct(d['benign_fpr']):>9s}")
+    sb = d["seed_benign"]
+    print(f"{'  seed/hand-written (ours)':34s} {sb['n']:5d} {_pct(sb['rate']):>9s}")
+    for src, v in d.get("other_negatives_by_source", {}).items():
+        print(f"{'  other: ' + src:34s} {v['n']:5d} {_pct(v['rate']):>9s}")
+    print("ablations (detected at default | at ≤2% FPR, benign FPR at default):")
+    for name in ("classifier_only", "signatures_only"):
+        e = res[name]
+        print(
+            f"  {name:18s} {_pct(e['at_default_threshold']['detected'])} | "
+            f"{_pct(e['at_2pct_fpr']['detected'])}   "
+            f"FPR {_pct(e['at_default_threshold']['benign_fpr'])}"
+        )
+    ind = res["indirect"]
+    print(
+        f"indirect (PurpleLlama, n={ind['purplellama_indirect_n']}): as user "
+        f"{_pct(ind['detected_as_user'])}, as tool result {_pct(ind['detected_as_tool_result'])}"
+    )
+    for src, v in ind["documents_as_tool_result_fpr"].items():
+        print(f"  documents as tool result, {src}: FPR {_pct(v['rate'])} (n={v['n']})")
+    for src, v in ind["jailbreak_transcripts_as_tool_result_flagged"].items():
+        print(
+            f"  jailbreak transcripts as tool result, {src}: flagged {_pct(v['rate'])} (n={v['n']})"
+        )
+    if "cpu" in res:
+        ms = res["cpu"]["ms_per_2kb"]
+        print("CPU ms per 2 KB: " + ", ".join(f"{k} {v:.3f}" for k, v in ms.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="prompt-injection benchmark (held-out split)")
+    ap.add_argument("--eval-dir", type=Path, default=data.DEFAULT_EVAL_DIR)
+    ap.add_argument("--no-timing", action="store_true")
+    args = ap.parse_args(argv)
+    if not (args.eval_dir / "prompt_attacks.dev.jsonl").exists():
+        print(f"no evaluation data in {args.eval_dir}; skipped")
+        return 0
+    res = evaluate(args.eval_dir, timing=not args.no_timing)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "guardrails_injection.json"
+    out.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+    print_table(res)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

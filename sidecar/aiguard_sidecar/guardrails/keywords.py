@@ -1,0 +1,74 @@
+"""Deny topics: keywords (whole words, case-insensitive) and regexes, in one Hyperscan database.
+
+    KeywordGuard(cfg).check(segments, ctx) -> Verdict
+
+A keyword matches as a whole word at its word-character edges (``bomb`` does not fire on
+``bombastic``; ``C++`` does fire in ``C++ code``), case-insensitively (Unicode-aware for
+non-ASCII keywords); whitespace inside a phrase matches any whitespace run. Patterns are Python
+``re`` syntax, compiled into the same Hyperscan database when Hyperscan accepts them (with
+Python's semantics for the match extent), otherwise scanned with Python ``re``.
+
+Findings: type ``keyword`` or ``pattern`` (which keyword is not recorded: the finding carries
+no content), the span, action ``block`` | ``flag`` | ``review``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Final
+
+from aiguard_api.policy import DetectAction, KeywordGuardrail
+from aiguard_sidecar.guardrails import patterns
+from aiguard_sidecar.guardrails.base import Decision, Finding, ScanContext, Segment, Verdict
+from aiguard_sidecar.guardrails.patterns import Matcher, Rule
+
+log = logging.getLogger(__name__)
+
+NAME: Final = "deny"
+
+DECISIONS: Final[dict[DetectAction, Decision]] = {
+    DetectAction.BLOCK: Decision.BLOCK,
+    DetectAction.REVIEW: Decision.REVIEW,
+    DetectAction.FLAG: Decision.ALLOW,
+}
+
+
+class KeywordGuard:
+    """The ``deny`` guardrail."""
+
+    name = NAME
+    cpu_heavy = False
+
+    def __init__(self, cfg: KeywordGuardrail) -> None:
+        self.cfg = cfg
+        rules: list[Rule] = []
+        fallback: list[int] = []
+        for kw in dict.fromkeys(k.strip() for k in cfg.keywords if k.strip()):
+            rules.append(
+                patterns.literal_rule("keyword", kw, score=1.0, priority=50, tag="keyword")
+            )
+        for p in cfg.patterns:
+            rule = patterns.regex_rule("pattern", p, score=1.0, priority=40, tag="pattern")
+            if rule is None:
+                log.info("deny pattern: not for Hyperscan; Python re scans it")
+                fallback.append(len(rules))
+                rule = Rule("pattern", p, score=1.0, priority=40, tag="pattern")
+            rules.append(rule)
+        self._matcher = Matcher(rules, fallback=fallback)
+
+    def check(self, segments: Sequence[Segment], ctx: ScanContext) -> Verdict:
+        verdict = Verdict()
+        if self._matcher.empty:
+            return verdict
+        action = self.cfg.action
+        for seg in segments:
+            found = patterns.resolve_overlaps(self._matcher.find(seg.text))
+            for c in found:
+                verdict.findings.append(
+                    Finding(NAME, c.entity, seg.index, c.start, c.end, 1.0, action.value)
+                )
+            if found and DECISIONS[action] > verdict.decision:
+                verdict.decision = DECISIONS[action]
+                verdict.reason = f"{NAME}: {found[0].entity}"
+        return verdict
