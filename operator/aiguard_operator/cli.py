@@ -4,6 +4,7 @@ Subcommands::
 
     status [NAME] [-n NS | -A] [-o table|wide|json]   AIPolicies: Ready, hash, governed pods
     verify-audit (--collector URL | FILE...)          audit hash chains: gaps, edits, order
+    scan [--policy FILE] [--direction input|output]   guardrails over JSON lines (stdin→stdout)
 
 Every subcommand takes ``--kubeconfig`` and ``--context`` (as kubectl does) and talks to the
 API server through :mod:`aiguard_operator.kube`, not by running kubectl: the plugin then
@@ -21,10 +22,13 @@ import asyncio
 import datetime as dt
 import json
 import os
+import shutil
 import ssl
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
@@ -410,7 +414,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# kubectl aiguard scan: the sidecar's own guardrail engine over JSON lines. The operator package
+# never imports the sidecar (layering), so the plugin hands over to `aiguard-sidecar scan`,
+# installed beside it: one engine, whichever command a person types.
+SCAN_COMMAND = "aiguard-sidecar"
+
+
+def run_scan(args: Sequence[str]) -> int:
+    here = Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else None
+    candidates = [here / SCAN_COMMAND] if here else []
+    found = next((str(c) for c in candidates if c.is_file()), None) or shutil.which(SCAN_COMMAND)
+    if found is None:
+        print(
+            "kubectl-aiguard: scan needs aiguard-sidecar (pip install 'aiguard[sidecar]')",
+            file=sys.stderr,
+        )
+        return 1
+    return subprocess.call([found, "scan", *args])
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["scan"]:
+        return run_scan(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Command = args.func

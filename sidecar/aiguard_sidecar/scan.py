@@ -75,8 +75,12 @@ def default_spec(
     injection_ok = registry.available("injection")
     moderation_ok = moderation and registry.available("moderation")
     if warn is not None:
-        for name, ok in (("prompt_injection", injection_ok), ("moderation", moderation_ok)):
-            if not ok:
+        wanted = (
+            ("prompt_injection", True, injection_ok),
+            ("moderation", moderation, moderation_ok),
+        )
+        for name, asked, ok in wanted:
+            if asked and not ok:
                 print(f"scan: {name} guardrail not installed; left out", file=warn)
     pii = default_pii(ner=ner)
     return AIPolicySpec(

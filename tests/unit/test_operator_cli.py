@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,3 +157,42 @@ def test_missing_kubeconfig_is_reported_not_raised(
 
     assert code == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_kubectl_aiguard_scan_runs_the_sidecars_engine(tmp_path: Path) -> None:
+    """`kubectl aiguard scan` hands over to `aiguard-sidecar scan`: one engine for both."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        json.dumps(
+            {
+                "apiVersion": "aiguard.dev/v1alpha1",
+                "kind": "AIPolicy",
+                "metadata": {"name": "scan"},
+                "spec": {
+                    "providers": [
+                        {
+                            "name": "p",
+                            "type": "openai-compatible",
+                            "baseURL": "http://127.0.0.1:9/v1",
+                            "allowPlaintext": True,
+                        }
+                    ],
+                    "routes": [{"models": ["*"], "targets": [{"provider": "p"}]}],
+                    "guardrails": {"input": {"promptInjection": {"enabled": False}}},
+                },
+            }
+        )
+    )
+    plugin = Path(sys.executable).parent / "kubectl-aiguard"
+    proc = subprocess.run(
+        [str(plugin), "scan", "--policy", str(policy)],
+        input='{"id": "a", "text": "write to jane@example.com"}\n',
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["id"] == "a"
+    assert out["redacted_text"] == "write to <EMAIL_ADDRESS>"
