@@ -4,7 +4,6 @@ custom patterns and deny lists, and properties that must hold for any input."""
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import pytest
@@ -408,12 +407,9 @@ def test_pseudonyms_always_restore_the_original(values: list[str], sep: str) -> 
     assert restore(edited, mapping).replace(" ", "") == text.replace(" ", "")
 
 
-# ---------------------------------------------------------------------------- NER (optional)
-
-HAS_PRESIDIO = importlib.util.find_spec("presidio_analyzer") is not None
+# ---------------------------------------------------------------------------- NER (opt-in; `make setup` installs it)
 
 
-@pytest.mark.skipif(not HAS_PRESIDIO, reason="presidio not installed")
 def test_ner_finds_names_and_keeps_structured_findings() -> None:
     from aiguard_api.policy import NER
     from aiguard_sidecar.guardrails import registry
