@@ -407,7 +407,7 @@ def test_pseudonyms_always_restore_the_original(values: list[str], sep: str) -> 
     assert restore(edited, mapping).replace(" ", "") == text.replace(" ", "")
 
 
-# ---------------------------------------------------------------------------- NER (opt-in; `make setup` installs it)
+# ---------------------------------------------- NER (opt-in; `make setup` installs it)
 
 
 def test_ner_finds_names_and_keeps_structured_findings() -> None:
