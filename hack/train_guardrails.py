@@ -45,9 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "sidecar"), str(ROOT / "api")]
 
 import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
+import scipy.sparse as sp  # type: ignore[import-untyped]  # noqa: E402
 from benchmarks import _guardrail_data as data  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]  # noqa: E402
 
 from aiguard_sidecar.guardrails import injection, linear, moderation, textnorm  # noqa: E402
 
@@ -390,6 +390,10 @@ def best_f1(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(f1[i]), thr
 
 
+def _by_f1(f1: dict[float, float]) -> Callable[[float], tuple[float, float]]:
+    return lambda c: (f1[c], -c)
+
+
 def train_moderation(
     eval_dir: Path, log: Callable[[str], None]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -416,10 +420,8 @@ def train_moderation(
             f1, _ = best_f1(oof[cat][idx] + boosts[cat][idx], y)
             cv_f1[cat][c] = f1
             log(f"  {cat} C={c:g}: cv F1 {f1:.3f}")
-    cs = {
-        cat: max(MODERATION_GRID, key=lambda c, cat=cat: (cv_f1[cat][c], -c))
-        for cat in data.CATEGORIES
-    }
+    # per category the C with the best cross-validated F1 (the smaller C on a tie)
+    cs = {cat: max(MODERATION_GRID, key=_by_f1(cv_f1[cat])) for cat in data.CATEGORIES}
     oof = cross_validate(train, feats, ys, cs, TOP_K_MODERATION)
     offsets: dict[str, float] = {}
     cv_heads: dict[str, Any] = {}
