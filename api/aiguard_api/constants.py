@@ -72,6 +72,9 @@ SIDECAR_SPOOL_DIR: Final = "/var/lib/aiguard/spool"
 # The compiled policy ConfigMap.
 CONFIGMAP_PREFIX: Final = "aiguard-policy-"
 CONFIGMAP_KEY: Final = SIDECAR_POLICY_FILE
+COLLECTOR_CA_KEY: Final = "collector-ca.crt"
+"""The collector's CA bundle, beside the policy in the same ConfigMap (when the operator
+hands one out): mounted at ``SIDECAR_POLICY_DIR/collector-ca.crt``."""
 
 
 def configmap_name(policy_name: str) -> str:

@@ -3,6 +3,8 @@
 ``build(policy, config)`` returns the whole manifest of ``aiguard-policy-<name>``:
 
 * ``data["config.json"]``: the compiled sidecar config, canonical JSON (``SidecarConfig.to_json``);
+* ``data["collector-ca.crt"]``: the collector's CA bundle, when the operator hands one out
+  (a ConfigMap cannot be mounted across namespaces, and the policy's is already mounted);
 * labels: managed-by aiguard-operator, the policy's name, part-of aiguard;
 * annotations: the compiled hash, the policy generation it came from, the config format;
 * one ``ownerReference`` to the AIPolicy (controller), so deleting the policy lets the
@@ -54,8 +56,9 @@ def labels(policy_name: str) -> dict[str, str]:
     }
 
 
-def build(policy: AIPolicy, config: SidecarConfig) -> Manifest:
-    """The ConfigMap holding ``config`` (compiled from ``policy``), owned by ``policy``."""
+def build(policy: AIPolicy, config: SidecarConfig, collector_ca: str | None = None) -> Manifest:
+    """The ConfigMap holding ``config`` (compiled from ``policy``), owned by ``policy``;
+    with ``collector_ca`` (PEM) also the CA sidecars verify the collector with."""
     if not config.hash:
         raise ValueError("the config has no hash: compile it with aiguard_api.config")
     meta = policy.metadata
@@ -73,7 +76,10 @@ def build(policy: AIPolicy, config: SidecarConfig) -> Manifest:
             },
             "ownerReferences": [owner_reference(policy)],
         },
-        "data": {constants.CONFIGMAP_KEY: config.to_json()},
+        "data": {
+            constants.CONFIGMAP_KEY: config.to_json(),
+            **({constants.COLLECTOR_CA_KEY: collector_ca} if collector_ca else {}),
+        },
     }
 
 

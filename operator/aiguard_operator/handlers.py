@@ -442,6 +442,21 @@ async def _check(
     return validation.validate(obj, secrets=keys.get, others=_peer_policies(peers), created=created)
 
 
+def _collector_ca(settings: Settings) -> str | None:
+    """The collector CA for the policy ConfigMaps; missing or unreadable is a temporary error:
+    writing the ConfigMap without it would leave new sidecars unable to deliver audit."""
+    path = settings.collector_ca_file
+    if path is None:
+        return None
+    try:
+        pem = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        raise kopf.TemporaryError(f"collector CA {path}: {e}", delay=10) from e
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise kopf.TemporaryError(f"collector CA {path} holds no PEM certificate", delay=10)
+    return pem
+
+
 def _obj(body: Mapping[str, Any], namespace: str) -> dict[str, Any]:
     meta = dict(body.get("metadata") or {})
     meta.setdefault("namespace", namespace)
@@ -713,7 +728,7 @@ async def reconcile(
 
     policy: AIPolicy = report.policy
     config = compile_policy(policy)
-    manifest = configmaps.build(policy, config)
+    manifest = configmaps.build(policy, config, collector_ca=_collector_ca(runtime.settings))
     try:
         action = await _apply_configmap(api, manifest, existing)
     except kube.ApiError as e:

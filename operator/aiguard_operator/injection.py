@@ -44,9 +44,11 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, Final, Literal, NotRequired, TypedDict
 
 from aiguard_api import constants
+from aiguard_api.audit import COLLECTOR_AUDIENCE, COLLECTOR_TOKEN_FILE
 from aiguard_api.policy import AIPolicy, LabelSelector, SecretKeyRef
 
 Pod = dict[str, Any]
@@ -188,8 +190,9 @@ ALL_SKIP_REASONS: Final[tuple[SkipReason, ...]] = tuple(
 POLICY_VOLUME: Final = "aiguard-policy"
 SPOOL_VOLUME: Final = "aiguard-spool"
 TMP_VOLUME: Final = "aiguard-tmp"
+COLLECTOR_TOKEN_VOLUME: Final = "aiguard-collector-token"  # noqa: S105 (a volume name)
 SECRET_VOLUME_PREFIX: Final = "aiguard-secret-"  # noqa: S105 (a volume name, not a secret)
-FIXED_VOLUMES: Final = frozenset({POLICY_VOLUME, SPOOL_VOLUME, TMP_VOLUME})
+FIXED_VOLUMES: Final = frozenset({POLICY_VOLUME, SPOOL_VOLUME, TMP_VOLUME, COLLECTOR_TOKEN_VOLUME})
 ADMIN_PORT_NAME: Final = "aiguard-admin"
 
 ENV_POD_NAME: Final = "POD_NAME"
@@ -197,6 +200,8 @@ ENV_POD_NAMESPACE: Final = "POD_NAMESPACE"
 ENV_POD_UID: Final = "POD_UID"
 ENV_SERVICE_ACCOUNT: Final = "SERVICE_ACCOUNT"
 ENV_LOG_LEVEL: Final = "AIGUARD_LOG_LEVEL"
+ENV_COLLECTOR_URL: Final = "AIGUARD_COLLECTOR_URL"
+ENV_COLLECTOR_CA_FILE: Final = "AIGUARD_COLLECTOR_CA_FILE"
 
 # Each base URL variable, and the API key variable of the same provider.
 PROVIDER_KEY_OF_URL: Final = {
@@ -505,10 +510,26 @@ class SidecarSettings:
     admin_port: int = constants.SIDECAR_ADMIN_PORT
     """Admin port on all interfaces: /metrics, /healthz, /readyz (the probes)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    collector_url: str | None = None
+    """Where sidecars ship audit events (the operator's collector Service); None: the
+    sidecar only logs them. With a URL the sidecar gets a projected ServiceAccount token for
+    the collector's audience, and nothing else of the pod's identity."""
+    collector_ca: bool = False
+    """The policy ConfigMap carries the collector's CA (``constants.COLLECTOR_CA_KEY``):
+    mount it and point the sidecar at it. False: the system trust store verifies."""
+    collector_audience: str = COLLECTOR_AUDIENCE
+    collector_token_seconds: int = 3600
+    """Lifetime of the projected token; the kubelet renews it at 80%."""
 
     def __post_init__(self) -> None:
         if not self.image:
             raise ValueError("sidecar image must not be empty")
+        if self.collector_url is not None and not self.collector_url.startswith(
+            ("https://", "http://")
+        ):
+            raise ValueError(f"collector URL {self.collector_url!r} is not http(s)://")
+        if not 600 <= self.collector_token_seconds <= 86400:
+            raise ValueError("collector token lifetime must be 600-86400 seconds")
         for port in (self.proxy_port, self.admin_port):
             if not 1 <= port <= 65535:
                 raise ValueError(f"port {port} out of range 1-65535")
@@ -667,6 +688,19 @@ def sidecar_container(plan: InjectionPlan) -> dict[str, Any]:
         {"name": SPOOL_VOLUME, "mountPath": constants.SIDECAR_SPOOL_DIR},
         {"name": TMP_VOLUME, "mountPath": "/tmp"},  # noqa: S108 (the sidecar's own emptyDir)
     ]
+    collector_env: list[dict[str, Any]] = []
+    if plan.collector_url:
+        mounts.append(
+            {
+                "name": COLLECTOR_TOKEN_VOLUME,
+                "mountPath": str(PurePosixPath(COLLECTOR_TOKEN_FILE).parent),
+                "readOnly": True,
+            }
+        )
+        collector_env.append({"name": ENV_COLLECTOR_URL, "value": plan.collector_url})
+        if plan.collector_ca:
+            ca = f"{constants.SIDECAR_POLICY_DIR}/{constants.COLLECTOR_CA_KEY}"
+            collector_env.append({"name": ENV_COLLECTOR_CA_FILE, "value": ca})
     admin = plan.admin_port
     return {
         "name": constants.SIDECAR_CONTAINER_NAME,
@@ -689,6 +723,7 @@ def sidecar_container(plan: InjectionPlan) -> dict[str, Any]:
             _field_env(ENV_POD_UID, "metadata.uid"),
             _field_env(ENV_SERVICE_ACCOUNT, "spec.serviceAccountName"),
             {"name": ENV_LOG_LEVEL, "value": plan.log_level},
+            *collector_env,
         ],
         "ports": [{"name": ADMIN_PORT_NAME, "containerPort": admin, "protocol": "TCP"}],
         "resources": json_copy(plan.resources),
@@ -714,16 +749,35 @@ def sidecar_container(plan: InjectionPlan) -> dict[str, Any]:
 
 def sidecar_volumes(plan: InjectionPlan) -> list[dict[str, Any]]:
     """Volumes injection adds, all mounted into the sidecar only."""
-    policy_file = constants.SIDECAR_POLICY_FILE
+    items = [{"key": constants.CONFIGMAP_KEY, "path": constants.SIDECAR_POLICY_FILE}]
+    if plan.collector_url and plan.collector_ca:
+        items.append({"key": constants.COLLECTOR_CA_KEY, "path": constants.COLLECTOR_CA_KEY})
+    token: list[dict[str, Any]] = []
+    if plan.collector_url:
+        # The only credential the sidecar gets: bound to this pod, for the collector's
+        # audience alone (the API server refuses it), short-lived and rotated by the kubelet.
+        token.append(
+            {
+                "name": COLLECTOR_TOKEN_VOLUME,
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": plan.collector_audience,
+                                "expirationSeconds": plan.collector_token_seconds,
+                                "path": PurePosixPath(COLLECTOR_TOKEN_FILE).name,
+                            }
+                        }
+                    ],
+                    "defaultMode": FILE_MODE,
+                },
+            }
+        )
     return [
         # Mounted as a directory (no subPath) so ConfigMap updates reach the hot reload.
         {
             "name": POLICY_VOLUME,
-            "configMap": {
-                "name": plan.configmap,
-                "items": [{"key": constants.CONFIGMAP_KEY, "path": policy_file}],
-                "defaultMode": FILE_MODE,
-            },
+            "configMap": {"name": plan.configmap, "items": items, "defaultMode": FILE_MODE},
         },
         # One volume per Secret, limited to the referenced keys; not optional, so a missing
         # Secret keeps the pod from starting rather than running without its key.
@@ -741,6 +795,7 @@ def sidecar_volumes(plan: InjectionPlan) -> list[dict[str, Any]]:
         # Survives container restarts, not pod deletion: the sidecar drains it on SIGTERM.
         {"name": SPOOL_VOLUME, "emptyDir": {"sizeLimit": plan.spool_size}},
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": plan.tmp_size}},
+        *token,
     ]
 
 

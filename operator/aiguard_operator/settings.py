@@ -48,6 +48,12 @@ AIGUARD_SIDECAR_MEMORY_REQUEST     sidecar memory request (128Mi)
 AIGUARD_SIDECAR_MEMORY_LIMIT       sidecar memory limit (512Mi)
 AIGUARD_SIDECAR_SPOOL_SIZE         sizeLimit of the audit spool emptyDir (1Gi)
 AIGUARD_SIDECAR_LOG_LEVEL          debug | info | warning | error (info)
+AIGUARD_SIDECAR_COLLECTOR_URL      collector URL injected sidecars ship audit events to
+                                   (the chart: https://<release>-collector.<ns>.svc:15093);
+                                   unset: sidecars only log their events
+AIGUARD_SIDECAR_COLLECTOR_CA_FILE  PEM CA bundle (operator's file system) handed to
+                                   sidecars in each policy ConfigMap to verify the
+                                   collector; unset: the system trust store
 AIGUARD_METRICS                    HOST:PORT of the operator's /metrics endpoint
                                    (127.0.0.1:15091; the chart sets 0.0.0.0:15091);
                                    empty: no endpoint
@@ -179,6 +185,8 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     coverage_interval: float = 60.0
     """Seconds between full coverage recounts (changes trigger one within a second)."""
+    collector_ca_file: Path | None = None
+    """The collector's CA (PEM) copied into every policy ConfigMap for the sidecars."""
 
     @property
     def clusterwide(self) -> bool:
@@ -272,6 +280,8 @@ def _sidecar(env: Mapping[str, str]) -> SidecarSettings:
             resources={"requests": requests, "limits": limits},
             spool_size=env.get("AIGUARD_SIDECAR_SPOOL_SIZE", "").strip() or "1Gi",
             log_level=level,
+            collector_url=env.get("AIGUARD_SIDECAR_COLLECTOR_URL", "").strip() or None,
+            collector_ca=bool(env.get("AIGUARD_SIDECAR_COLLECTOR_CA_FILE", "").strip()),
         )
     except ValueError as e:
         raise SettingsError(f"AIGUARD_SIDECAR_*: {e}") from None
@@ -351,4 +361,15 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         sidecar=_sidecar(env),
         metrics=_metrics(env),
         coverage_interval=_number(env, "AIGUARD_COVERAGE_INTERVAL_SECONDS", 60.0, lo=1, hi=86400),
+        collector_ca_file=Path(ca) if (ca := _collector_ca_file(env)) else None,
     )
+
+
+def _collector_ca_file(env: Mapping[str, str]) -> str | None:
+    ca = env.get("AIGUARD_SIDECAR_COLLECTOR_CA_FILE", "").strip()
+    if ca and not env.get("AIGUARD_SIDECAR_COLLECTOR_URL", "").strip():
+        raise SettingsError(
+            "AIGUARD_SIDECAR_COLLECTOR_CA_FILE is set without AIGUARD_SIDECAR_COLLECTOR_URL: "
+            "name the collector the CA is for"
+        )
+    return ca or None

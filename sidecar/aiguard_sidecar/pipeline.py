@@ -204,7 +204,13 @@ class Pipeline:
         self._decide(
             rec,
             rt,
-            Decision("access", d.allowed, d.rule, d.reason, enforced=rt.enforce or d.allowed),
+            Decision(
+                "access",
+                d.allowed,
+                f"spec.access.rules[{d.rule}]" if d.rule else "spec.access.rules",
+                d.reason,
+                enforced=rt.enforce or d.allowed,
+            ),
             ErrorKind.PERMISSION,
             "access_denied",
             f"aiguard policy {rt.name}: {d.reason}",

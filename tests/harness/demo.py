@@ -11,17 +11,25 @@
 5. The official ``openai`` SDK through that sidecar: a clean request, one with personal data,
    a prompt-injection attempt, a streamed one, and one for a model the policy does not route.
 6. What the sidecar decided, what the provider actually received, and the metrics.
+7. The audit trail: the sidecar ships every decided request's event to the collector in the
+   operator, authenticated with a pod-bound ServiceAccount token for the collector's
+   audience (what injection projects into the sidecar), over TLS with the CA injection
+   hands it; ``kubectl aiguard verify-audit`` checks the hash chain there.
 
-Everything runs under ``.local/demo`` and is stopped at the end (Ctrl-C too).
+Everything runs under ``.local/demo`` (``AIGUARD_DEMO_DIR`` to move it) and is stopped at the
+end (Ctrl-C too).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import json
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -40,8 +48,10 @@ from tests.harness.devoperator import DevOperator
 from tests.harness.standin import ProviderStandIn
 
 ROOT = Path(__file__).resolve().parents[2]
-WORK = ROOT / ".local" / "demo"
+WORK = Path(os.environ.get("AIGUARD_DEMO_DIR") or ROOT / ".local" / "demo").resolve()
 NAMESPACE = "ai-apps"
+APP_SA = "chat-backend"
+AUDITOR_SA = "auditor"
 PROVIDER_KEY = "sk-demo-provider-key-held-by-the-sidecar-only"
 
 
@@ -57,10 +67,13 @@ def show(text: str, indent: str = "   ") -> None:
 @contextlib.contextmanager
 def control_plane() -> Iterator[tuple[LocalCluster, DevOperator]]:
     WORK.mkdir(parents=True, exist_ok=True)
+    # A fresh control plane each run, so a fresh audit trail too (not the last run's events).
+    shutil.rmtree(WORK / "operator" / "collector", ignore_errors=True)
     with LocalCluster(WORK / "cluster", find_bin_dir()) as cluster:
         print(f"   kubeconfig: {cluster.kubeconfig}")
-        with DevOperator(cluster, WORK / "operator") as operator:
+        with DevOperator(cluster, WORK / "operator", collector=True) as operator:
             print(f"   operator running, webhook on 127.0.0.1:{operator.port}")
+            print(f"   audit collector in the operator: {operator.collector_url}")
             yield cluster, operator
 
 
@@ -95,7 +108,9 @@ def apply_examples(cluster: LocalCluster) -> None:
     show(cluster.kubectl("get", "aip", "-n", NAMESPACE).stdout)
 
 
-def show_injection(cluster: LocalCluster) -> None:
+def show_injection(cluster: LocalCluster) -> dict[str, Any]:
+    """Create the labelled Deployment; return its Pod as admission left it."""
+    cluster.kubectl("create", "serviceaccount", APP_SA, "-n", NAMESPACE)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -108,7 +123,8 @@ def show_injection(cluster: LocalCluster) -> None:
                     "labels": {"app": "chat-backend", constants.LABEL_INJECT: "enabled"},
                 },
                 "spec": {
-                    "containers": [{"name": "app", "image": "registry.invalid/chat-backend:1"}]
+                    "serviceAccountName": APP_SA,
+                    "containers": [{"name": "app", "image": "registry.invalid/chat-backend:1"}],
                 },
             },
         },
@@ -128,8 +144,7 @@ def show_injection(cluster: LocalCluster) -> None:
     init = spec.get("initContainers", [])
     print("   the Pod the controller manager created, after admission:")
     if not init or init[0]["name"] != constants.SIDECAR_CONTAINER_NAME:
-        print("   (no sidecar injected — the injection webhook is not active in this build)")
-        return
+        raise RuntimeError("no sidecar was injected into the labelled Deployment's Pod")
     side = init[0]
     app = spec["containers"][0]
     show(
@@ -139,6 +154,7 @@ def show_injection(cluster: LocalCluster) -> None:
                     "name": side["name"],
                     "restartPolicy": side.get("restartPolicy"),
                     "args": side.get("args"),
+                    "env": [e["name"] for e in side.get("env", [])],
                     "securityContext": side.get("securityContext"),
                     "volumeMounts": [m["mountPath"] for m in side.get("volumeMounts", [])],
                 },
@@ -165,6 +181,7 @@ def show_injection(cluster: LocalCluster) -> None:
         ),
         indent="     ",
     )
+    return dict(created)
 
 
 def demo_policy(base_url: str) -> dict[str, Any]:
@@ -180,8 +197,32 @@ def demo_policy(base_url: str) -> dict[str, Any]:
     return doc
 
 
+def sidecar_env(pod: dict[str, Any]) -> dict[str, str]:
+    """The literal env injection gave the sidecar container of ``pod``."""
+    side = pod["spec"]["initContainers"][0]
+    return {e["name"]: e["value"] for e in side.get("env", []) if "value" in e}
+
+
+def collector_token(cluster: LocalCluster, pod: dict[str, Any]) -> str:
+    """What the kubelet projects into the sidecar: a token of the pod's ServiceAccount for
+    the collector's audience, bound to the pod."""
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "aiguard-collector-token")
+    audience = volume["projected"]["sources"][0]["serviceAccountToken"]["audience"]
+    return cluster.kubectl(
+        "create",
+        "token",
+        pod["spec"]["serviceAccountName"],
+        "-n",
+        NAMESPACE,
+        f"--audience={audience}",
+        "--bound-object-kind=Pod",
+        f"--bound-object-name={pod['metadata']['name']}",
+        "--duration=1h",
+    ).stdout.strip()
+
+
 def run_sidecar(
-    cluster: LocalCluster, standin: ProviderStandIn, ca_pem: str, tmp: Path
+    cluster: LocalCluster, standin: ProviderStandIn, ca_pem: str, tmp: Path, pod: dict[str, Any]
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     for name, key, value in (
         ("demo-provider-key", "api-key", PROVIDER_KEY),
@@ -193,22 +234,30 @@ def run_sidecar(
     cluster.kubectl("apply", "-f", "-", input=json.dumps(demo_policy(standin.openai_base_url)))
     cm_name = constants.configmap_name("demo")
 
-    def compiled() -> str | None:
+    def compiled() -> dict[str, str] | None:
         out = cluster.kubectl("get", "cm", cm_name, "-n", NAMESPACE, "-o", "json", check=False)
-        return (
-            json.loads(out.stdout)["data"][constants.CONFIGMAP_KEY] if out.returncode == 0 else None
-        )
+        return dict(json.loads(out.stdout)["data"]) if out.returncode == 0 else None
 
-    config = cluster.wait_for(compiled, 60, what="the compiled ConfigMap")
+    data = cluster.wait_for(compiled, 60, what="the compiled ConfigMap")
+    config = data[constants.CONFIGMAP_KEY]
     print(f"   ConfigMap {NAMESPACE}/{cm_name}: {len(config)} bytes, {json.loads(config)['hash']}")
-    # What the kubelet would mount into the sidecar container, and nothing more.
-    policy_file = tmp / "policy" / constants.SIDECAR_POLICY_FILE
-    policy_file.parent.mkdir(parents=True)
-    policy_file.write_text(config)
+    # What the kubelet would mount into the sidecar container, and nothing more: the
+    # ConfigMap's keys, the Secrets' keys, the projected collector token.
+    policy_dir = tmp / "policy"
+    policy_dir.mkdir(parents=True)
+    for key, value in data.items():
+        (policy_dir / key).write_text(value)
+    policy_file = policy_dir / constants.SIDECAR_POLICY_FILE
+    injected = sidecar_env(pod)
+    token_file = tmp / "collector-token"
+    token_file.write_text(collector_token(cluster, pod))
+    collector_ca = policy_dir / Path(injected["AIGUARD_COLLECTOR_CA_FILE"]).name
     secrets = tmp / "secrets"
+    hash_key = cluster.kubectl_json("get", "secret", "aiguard-hash-keys", "-n", NAMESPACE)
     for name, key, value in (
         ("demo-provider-key", "api-key", PROVIDER_KEY),
         ("demo-provider-ca", "ca.crt", ca_pem),
+        ("aiguard-hash-keys", "audit", base64.b64decode(hash_key["data"]["audit"]).decode()),
     ):
         (secrets / name).mkdir(parents=True)
         (secrets / name / key).write_text(value)
@@ -216,8 +265,11 @@ def run_sidecar(
     env = {
         **os.environ,
         constants.ENV_POD_NAMESPACE: NAMESPACE,
-        constants.ENV_POD_NAME: "chat-backend-7d9f-demo",
-        constants.ENV_SERVICE_ACCOUNT: "chat-backend",
+        constants.ENV_POD_NAME: pod["metadata"]["name"],
+        constants.ENV_SERVICE_ACCOUNT: APP_SA,
+        "AIGUARD_COLLECTOR_URL": injected["AIGUARD_COLLECTOR_URL"],
+        "AIGUARD_COLLECTOR_CA_FILE": str(collector_ca),
+        "AIGUARD_COLLECTOR_TOKEN_FILE": str(token_file),
     }
     log = (tmp / "sidecar.log").open("wb")
     proc = subprocess.Popen(
@@ -231,6 +283,8 @@ def run_sidecar(
             f"127.0.0.1:{proxy_port}",
             "--admin",
             f"127.0.0.1:{admin_port}",
+            "--spool-dir",
+            str(tmp / "spool"),
         ],
         env=env,
         stdout=log,
@@ -249,10 +303,12 @@ def run_sidecar(
 
     wait_for(ready, 30, what="the sidecar's /readyz")
     print(f"   aiguard-sidecar pid {proc.pid}: proxy 127.0.0.1:{proxy_port}, admin {admin}")
+    print(f"   audit: spooled in {tmp / 'spool'}, shipped to {injected['AIGUARD_COLLECTOR_URL']}")
     return proc, f"http://127.0.0.1:{proxy_port}", admin
 
 
-def drive(proxy: str, standin: ProviderStandIn) -> None:
+def drive(proxy: str, standin: ProviderStandIn) -> int:
+    """Send the demo's requests; return how many were sent."""
     import openai
 
     client = openai.OpenAI(
@@ -306,38 +362,103 @@ def drive(proxy: str, standin: ProviderStandIn) -> None:
     chunks = [c.choices[0].delta.content or "" for c in stream if c.choices]
     print(f"     → {len(chunks)} chunks relayed: {''.join(chunks)!r}")
     client.close()
+    return len(cases) + 1
 
 
 def show_metrics(admin: str) -> None:
     with urllib.request.urlopen(admin + "/metrics", timeout=5) as r:  # noqa: S310
         text = r.read().decode()
-    wanted = ("aiguard_requests_total", "gen_ai_client_token_usage_count", "aiguard_guardrail")
+    wanted = (
+        "aiguard_requests_total",
+        "gen_ai_client_token_usage_count",
+        "aiguard_guardrail_findings_total",
+        "aiguard_audit_",
+    )
     for line in text.splitlines():
-        if line.startswith(wanted) and not line.endswith(" 0.0"):
+        if line.startswith(wanted) and not line.endswith(" 0.0") and "_created" not in line:
             print("   " + line)
 
 
-def show_decisions(log_path: Path) -> None:
-    for line in log_path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("msg") != "request" and "request_id" not in rec:
-            continue
-        keep = {
-            k: rec[k]
-            for k in (
-                "status",
-                "outcome",
-                "model_requested",
-                "provider",
-                "tls_version",
-                "decisions",
-            )
-            if k in rec
-        }
-        print("   " + json.dumps(keep)[:300])
+def auditor_token(cluster: LocalCluster) -> str:
+    """A reader of the namespace's audit trail: ``get aipolicies/audit`` there, nothing else."""
+    cluster.kubectl("create", "serviceaccount", AUDITOR_SA, "-n", NAMESPACE)
+    cluster.kubectl(
+        "create",
+        "role",
+        "aiguard-audit-reader",
+        "-n",
+        NAMESPACE,
+        "--verb=get",
+        "--resource=aipolicies.aiguard.dev/audit",
+    )
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "aiguard-audit-reader",
+        "-n",
+        NAMESPACE,
+        "--role=aiguard-audit-reader",
+        f"--serviceaccount={NAMESPACE}:{AUDITOR_SA}",
+    )
+    return cluster.kubectl("create", "token", AUDITOR_SA, "-n", NAMESPACE).stdout.strip()
+
+
+def collector_events(operator: DevOperator, token: str) -> list[dict[str, Any]]:
+    context = ssl.create_default_context(cafile=str(operator.collector_ca))
+    url = f"{operator.collector_url}/v1/events?namespace={NAMESPACE}&order=sequence&limit=5000"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=10, context=context) as r:  # noqa: S310
+        events: list[dict[str, Any]] = json.loads(r.read())["events"]
+    return events
+
+
+def show_audit_trail(operator: DevOperator, token: str, sent: int) -> None:
+    """Wait for every request's event at the collector; print the trail and verify it."""
+    events = wait_for(
+        lambda: e if len(e := collector_events(operator, token)) >= sent else None,
+        60,
+        what=f"{sent} audit events at the collector",
+    )
+    print(f"   {len(events)} events for {sent} requests, from {operator.collector_url}:")
+    print(f"   {'seq':>3}  {'status':>6}  {'model':<13} {'decided':<44} hash")
+    for e in events:
+        refused = [d for d in e["aiguard.decisions"] if not d["allowed"]]
+        found = sorted({f"{f['type']} x{f['count']}→{f['action']}" for f in e["aiguard.findings"]})
+        decided = (f"{refused[0]['stage']}: {refused[0]['rule']}" if refused else "allowed") + (
+            f" [{', '.join(found)}]" if found else ""
+        )
+        model = e.get("gen_ai.request.model") or "-"
+        print(
+            f"   {e['sequence']:>3}  {e['http.response.status_code']:>6}  {model:<13} "
+            f"{decided[:44]:<44} {e['hash'][:19]}…"
+        )
+    print("   no prompt or completion text is stored: keyed hashes (HMAC-SHA-256) only, e.g.")
+    print(f"     aiguard.input.hash  = {events[0]['aiguard.input.hash']}")
+    print(f"     aiguard.output.hash = {events[0]['aiguard.output.hash']}")
+    with tempfile.NamedTemporaryFile("w", suffix=".token", dir=WORK, delete=False) as f:
+        f.write(token)
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "kubectl-aiguard"),
+            "verify-audit",
+            "--collector",
+            operator.collector_url,
+            "--token-file",
+            f.name,
+            "--ca-file",
+            str(operator.collector_ca),
+            "--namespace",
+            NAMESPACE,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    Path(f.name).unlink()
+    print(f"   $ kubectl aiguard verify-audit --collector {operator.collector_url} ...")
+    show((result.stdout + result.stderr).strip(), indent="     ")
+    if result.returncode != 0:
+        raise RuntimeError(f"verify-audit failed with exit code {result.returncode}")
 
 
 def main() -> int:
@@ -345,11 +466,11 @@ def main() -> int:
     started = time.monotonic()
     step("1. Local control plane + operator")
     try:
-        with control_plane() as (cluster, _operator):
+        with control_plane() as (cluster, operator):
             step("2. The example policies, applied with kubectl")
             apply_examples(cluster)
             step("3. A Deployment labelled aiguard.dev/inject=enabled")
-            show_injection(cluster)
+            pod = show_injection(cluster)
             step("4. The SOC 2 baseline, compiled by the operator, run by a real sidecar")
             ca = trustme.CA()
             cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -367,13 +488,14 @@ def main() -> int:
                     standin = handle.standin
                     print(f"   provider stand-in (TLS, test CA): {standin.openai_base_url}")
                     proc, proxy, admin = run_sidecar(
-                        cluster, standin, ca.cert_pem.bytes().decode(), tmp
+                        cluster, standin, ca.cert_pem.bytes().decode(), tmp, pod
                     )
                     step("5. The official openai SDK through the sidecar")
-                    drive(proxy, standin)
-                    step("6. Decisions (sidecar log, metadata only) and metrics")
-                    show_decisions(tmp / "sidecar.log")
+                    sent = drive(proxy, standin)
+                    step("6. Metrics (the sidecar's /metrics)")
                     show_metrics(admin)
+                    step("7. The audit trail at the collector")
+                    show_audit_trail(operator, auditor_token(cluster), sent)
                 finally:
                     if proc is not None:
                         proc.send_signal(signal.SIGTERM)

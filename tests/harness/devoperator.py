@@ -30,6 +30,7 @@ import functools
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -165,18 +166,36 @@ def operator_env(
     port: int,
     priority: int = 0,
     metrics_port: int | None = None,
+    collector_port: int | None = None,
 ) -> dict[str, str]:
-    """The environment the dev operator runs with (see aiguard_operator.settings)."""
+    """The environment the dev operator runs with (see aiguard_operator.settings); with
+    ``collector_port`` it also serves the audit collector over HTTPS (the webhook's
+    certificate, SAN 127.0.0.1) and points injected sidecars at it."""
     metrics = {"AIGUARD_METRICS": f"127.0.0.1:{metrics_port}"} if metrics_port else {}
+    certs_dir = (workdir / "certs").resolve()
+    collector = (
+        {
+            "AIGUARD_COLLECTOR": "true",
+            "AIGUARD_COLLECTOR_ADDR": "127.0.0.1",
+            "AIGUARD_COLLECTOR_PORT": str(collector_port),
+            "AIGUARD_COLLECTOR_DB": str((workdir / "collector" / "audit.db").resolve()),
+            "AIGUARD_COLLECTOR_CERT_DIR": str(certs_dir),
+            "AIGUARD_SIDECAR_COLLECTOR_URL": f"https://127.0.0.1:{collector_port}",
+            "AIGUARD_SIDECAR_COLLECTOR_CA_FILE": str(certs_dir / certs.CA_CERT),
+        }
+        if collector_port
+        else {}
+    )
     return {
         **metrics,
+        **collector,
         "KUBECONFIG": str(kubeconfig.resolve()),
         "AIGUARD_PEERING": PEERING_NAME,
         "AIGUARD_PEERING_PRIORITY": str(priority),
         "AIGUARD_WEBHOOK_ADDR": "127.0.0.1",
         "AIGUARD_WEBHOOK_HOST": "127.0.0.1",
         "AIGUARD_WEBHOOK_PORT": str(port),
-        "AIGUARD_WEBHOOK_CERT_DIR": str((workdir / "certs").resolve()),
+        "AIGUARD_WEBHOOK_CERT_DIR": str(certs_dir),
         "AIGUARD_WEBHOOK_CERT_HOSTS": ",".join(WEBHOOK_HOSTS),
         "AIGUARD_WEBHOOK_MANAGED": MANAGED_NAME,
         "AIGUARD_LOG_FORMAT": "full",
@@ -201,8 +220,13 @@ class DevOperator:
         operator_kubeconfig: Path | None = None,
         timeout: float = 90.0,
         log: Log = _log,
+        collector: bool = False,
     ) -> None:
+        """``collector``: serve the audit collector too (``collector_url``/``collector_ca``),
+        and point injected sidecars at it, as the chart does."""
         self.cluster = cluster
+        self.collector = collector
+        self.collector_port = 0
         self.operator_kubeconfig = operator_kubeconfig
         self.workdir = workdir.resolve()
         self.extra_env = dict(env or {})
@@ -236,7 +260,8 @@ class DevOperator:
         if self.proc is not None:
             raise RuntimeError("already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port, self.metrics_port = free_ports(2)
+        self.port, self.metrics_port, collector_port = free_ports(3)
+        self.collector_port = collector_port if self.collector else 0
         started = time.monotonic()
         argv = [
             sys.executable,
@@ -253,6 +278,8 @@ class DevOperator:
         ]
         if self.operator_kubeconfig is not None:
             argv += ["--operator-kubeconfig", str(self.operator_kubeconfig)]
+        if self.collector:
+            argv += ["--collector-port", str(self.collector_port)]
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
@@ -267,6 +294,8 @@ class DevOperator:
         try:
             self._wait_registered()
             self._wait_serving()
+            if self.collector:
+                self._wait(self._collector_healthy, f"the collector on {self.collector_url}")
         except BaseException:
             self.stop()
             raise
@@ -297,6 +326,27 @@ class DevOperator:
             return None
         config: dict[str, Any] = json.loads(result.stdout)
         return config
+
+    @property
+    def collector_url(self) -> str:
+        if not self.collector_port:
+            raise RuntimeError("this DevOperator runs without a collector (collector=True)")
+        return f"https://127.0.0.1:{self.collector_port}"
+
+    @property
+    def collector_ca(self) -> Path:
+        """The CA bundle that verifies the collector (and the webhook)."""
+        return self.workdir / "certs" / certs.CA_CERT
+
+    def _collector_healthy(self) -> bool:
+        context = ssl.create_default_context(cafile=str(self.collector_ca))
+        try:
+            with urllib.request.urlopen(  # noqa: S310 (https on 127.0.0.1)
+                f"{self.collector_url}/healthz", timeout=5, context=context
+            ) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
 
     @property
     def metrics_url(self) -> str:
@@ -369,6 +419,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         help="port of the operator's /metrics on 127.0.0.1 (0: the default, 15091)",
     )
+    parser.add_argument(
+        "--collector-port",
+        type=int,
+        default=0,
+        help="serve the audit collector on this 127.0.0.1 port over HTTPS and point injected "
+        "sidecars at it (0: no collector)",
+    )
     parser.add_argument("--priority", type=int, default=0, help="kopf peering priority")
     parser.add_argument(
         "--standalone", action="store_true", help="no peering (AIGUARD_PEERING=standalone)"
@@ -393,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=port,
         priority=args.priority,
         metrics_port=args.metrics_port or None,
+        collector_port=args.collector_port or None,
     )
     if args.standalone:
         env["AIGUARD_PEERING"] = "standalone"

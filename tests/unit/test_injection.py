@@ -42,6 +42,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiguard_api import constants
+from aiguard_api.audit import COLLECTOR_TOKEN_FILE
 from aiguard_api.policy import AIPolicy, LabelSelector, SecretKeyRef
 from aiguard_operator import injection
 from aiguard_operator.injection import (
@@ -252,6 +253,29 @@ def test_secrets_are_mounted_into_the_sidecar_only(injected: tuple[Case, Any]) -
         if v["name"] in ours:
             assert v["secret"]["defaultMode"] == 0o444
             assert all(i["key"] == i["path"] for i in v["secret"]["items"])
+
+
+def test_the_collector_token_is_projected_into_the_sidecar_only(injected: tuple[Case, Any]) -> None:
+    case, decision = injected
+    spec = decision.pod["spec"]
+    tokens = [v for v in spec["volumes"] if v["name"] == injection.COLLECTOR_TOKEN_VOLUME]
+    if not case.settings.collector_url:
+        assert not tokens
+        return
+    (volume,) = tokens
+    (source,) = volume["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == case.settings.collector_audience
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        mounted = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        if c["name"] == constants.SIDECAR_CONTAINER_NAME:
+            token_dir = mounted[injection.COLLECTOR_TOKEN_VOLUME]
+            path = f"{token_dir}/{source['serviceAccountToken']['path']}"
+            assert path == COLLECTOR_TOKEN_FILE  # where the sidecar reads it by default
+            assert env["AIGUARD_COLLECTOR_URL"] == case.settings.collector_url
+        else:
+            assert injection.COLLECTOR_TOKEN_VOLUME not in mounted, c["name"]
+            assert "AIGUARD_COLLECTOR_URL" not in env, c["name"]
 
 
 def test_sidecar_is_a_hardened_native_sidecar_started_first(injected: tuple[Case, Any]) -> None:

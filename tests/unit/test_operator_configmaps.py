@@ -151,3 +151,28 @@ def test_owner_reference_of_a_recreated_policy_replaces_the_stale_one() -> None:
     refs = patch["metadata"]["ownerReferences"]
     assert foreign in refs
     assert [r["uid"] for r in refs if r["kind"] == "AIPolicy"] == [UID]
+
+
+CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def test_the_collector_ca_travels_beside_the_config_only_when_given() -> None:
+    policy = make_policy()
+    config = compile_policy(policy)
+    assert constants.COLLECTOR_CA_KEY not in configmaps.build(policy, config)["data"]
+    with_ca = configmaps.build(policy, config, collector_ca=CA)
+    assert with_ca["data"][constants.COLLECTOR_CA_KEY] == CA
+    assert with_ca["data"][constants.CONFIGMAP_KEY] == config.to_json()
+
+
+def test_turning_the_collector_ca_on_and_off_patches_that_key_alone() -> None:
+    policy = make_policy()
+    config = compile_policy(policy)
+    plain, with_ca = configmaps.build(policy, config), configmaps.build(policy, config, CA)
+    on = configmaps.merge_patch(plain, with_ca)
+    assert on is not None
+    assert on["data"][constants.COLLECTOR_CA_KEY] == CA
+    off = configmaps.merge_patch(with_ca, plain)
+    assert off is not None
+    assert off["data"][constants.COLLECTOR_CA_KEY] is None
+    assert configmaps.merge_patch(with_ca, copy.deepcopy(with_ca)) is None

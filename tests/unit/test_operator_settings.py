@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -171,4 +172,32 @@ def test_metrics_can_be_switched_off() -> None:
 )
 def test_bad_injection_values_name_the_variable(env: dict[str, str], words: str) -> None:
     with pytest.raises(SettingsError, match=words):
+        from_env(env)
+
+
+def test_sidecars_are_pointed_at_the_collector_with_its_ca() -> None:
+    url = "https://aiguard-collector.aiguard-system.svc:15093"
+    settings = from_env(
+        {
+            "AIGUARD_SIDECAR_COLLECTOR_URL": url,
+            "AIGUARD_SIDECAR_COLLECTOR_CA_FILE": "/var/run/aiguard/webhook-certs/ca.crt",
+        }
+    )
+    assert settings.sidecar.collector_url == url
+    assert settings.sidecar.collector_ca is True
+    assert settings.collector_ca_file == Path("/var/run/aiguard/webhook-certs/ca.crt")
+    default = from_env({})
+    assert default.sidecar.collector_url is None
+    assert default.collector_ca_file is None
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"AIGUARD_SIDECAR_COLLECTOR_CA_FILE": "/ca.crt"}, "without AIGUARD_SIDECAR_COLLECTOR_URL"),
+        ({"AIGUARD_SIDECAR_COLLECTOR_URL": "ftp://collector"}, "not http(s)://"),
+    ],
+)
+def test_bad_collector_settings_are_refused(env: dict[str, str], words: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(words)):
         from_env(env)
