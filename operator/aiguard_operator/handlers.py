@@ -69,6 +69,7 @@ from aiguard_api.policy import AIPolicy, LabelSelector
 from aiguard_operator import (
     admission,
     certs,
+    certsync,
     configmaps,
     coverage,
     events,
@@ -216,9 +217,10 @@ def _webhook_server(cfg: Settings) -> kopf.WebhookServer:
     wh = cfg.webhook
     paths = certs.CertPaths(wh.cert_dir)
     if wh.generate_certs:
-        outcome = certs.ensure_certs(wh.cert_dir, hosts=wh.cert_hosts)
-        for change in outcome.changed:
-            logger.info("webhook certificates in %s: %s", wh.cert_dir, change)
+        if not wh.cert_secret:  # shared ones were synced (and rotated) just before
+            outcome = certs.ensure_certs(wh.cert_dir, hosts=wh.cert_hosts)
+            for change in outcome.changed:
+                logger.info("webhook certificates in %s: %s", wh.cert_dir, change)
         cafile = paths.ca_bundle
     else:
         # Mounted by cert-manager or the chart: tls.crt, tls.key, ca.crt.
@@ -233,15 +235,28 @@ def _webhook_server(cfg: Settings) -> kopf.WebhookServer:
     )
 
 
-async def _rotate_certs(cfg: Settings) -> None:
+async def _ensure_certs(cfg: Settings, api: kube.Client) -> certs.Outcome:
+    """Create or rotate the webhook certificates: in the directory, or shared by every
+    replica through ``AIGUARD_WEBHOOK_CERT_SECRET`` (:mod:`aiguard_operator.certsync`)."""
+    wh = cfg.webhook
+    if wh.cert_secret:
+        return await certsync.sync(
+            api,
+            namespace=cfg.operator_namespace,
+            name=wh.cert_secret,
+            directory=wh.cert_dir,
+            hosts=wh.cert_hosts,
+        )
+    return await asyncio.to_thread(certs.ensure_certs, wh.cert_dir, hosts=wh.cert_hosts)
+
+
+async def _rotate_certs(cfg: Settings, api: kube.Client) -> None:
     """Re-check the webhook certificates hourly; kopf reloads the files when they change."""
     while True:
         await asyncio.sleep(CERT_CHECK_INTERVAL)
         try:
-            outcome = await asyncio.to_thread(
-                certs.ensure_certs, cfg.webhook.cert_dir, hosts=cfg.webhook.cert_hosts
-            )
-        except OSError:
+            outcome = await _ensure_certs(cfg, api)
+        except (OSError, certsync.CertSyncError):
             logger.exception("webhook certificate rotation failed; retrying in an hour")
             continue
         for change in outcome.changed:
@@ -298,6 +313,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.persistence.finalizer = f"{KOPF_STORAGE_PREFIX}/finalizer"
 
+    api = kube.Client(kube.load(cfg.kubeconfig))
+    if cfg.webhook.enabled and cfg.webhook.generate_certs and cfg.webhook.cert_secret:
+        await api.open()
+        try:
+            outcome = await _ensure_certs(cfg, api)
+        except certsync.CertSyncError as e:
+            await api.close()
+            raise kopf.PermanentError(f"webhook certificates: {e}") from e
+        for change in outcome.changed:
+            logger.info("webhook certificates: %s", change)
     if cfg.webhook.enabled:
         settings.admission.server = _webhook_server(cfg)
         if cfg.webhook.managed:
@@ -312,7 +337,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
     runtime = Runtime(
         settings=cfg,
-        api=kube.Client(kube.load(cfg.kubeconfig)),
+        api=api,
         recorder=events.Recorder(component=COMPONENT, instance=socket.gethostname()),
     )
     await runtime.api.open()
@@ -322,7 +347,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if cfg.metrics.addr is not None:
         runtime.metrics_runner = await metrics.serve(cfg.metrics.addr, cfg.metrics.port)
     if cfg.webhook.enabled and cfg.webhook.generate_certs:
-        runtime.tasks.append(asyncio.create_task(_rotate_certs(cfg), name="aiguard-certs"))
+        runtime.tasks.append(
+            asyncio.create_task(_rotate_certs(cfg, runtime.api), name="aiguard-certs")
+        )
     runtime.tasks.append(
         asyncio.create_task(runtime.recorder.run(runtime.api), name="aiguard-events")
     )

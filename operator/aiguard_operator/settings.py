@@ -29,6 +29,10 @@ AIGUARD_WEBHOOK_CERT_DIR           certificates (/var/run/aiguard/webhook-certs)
 AIGUARD_WEBHOOK_GENERATE_CERTS     create/rotate the certificates (true); false: use
                                    tls.crt, tls.key, ca.crt mounted by cert-manager/Helm
 AIGUARD_WEBHOOK_CERT_HOSTS         extra SANs, comma-separated (the chart: service DNS)
+AIGUARD_WEBHOOK_CERT_SECRET        share the generated certificates between replicas through
+                                   this Secret in the operator's namespace (the chart:
+                                   <release>-webhook-certs); unset: each process keeps its
+                                   own (one replica, or dev)
 AIGUARD_WEBHOOK_MANAGED            name of the webhook configurations kopf creates and
                                    keeps current (aiguard.dev); empty: static (Helm)
 AIGUARD_WEBHOOK_EXCLUDE_NAMESPACES never admission-checked, besides kube-system, kube-public,
@@ -114,6 +118,8 @@ class WebhookSettings:
     """Create and rotate certificates in ``cert_dir``; false: use mounted ones as they are."""
     extra_hosts: tuple[str, ...] = ()
     """More SANs for the serving certificate."""
+    cert_secret: str | None = None
+    """Secret (operator namespace) that replicas share generated certificates through."""
     managed: str | None = DEFAULT_MANAGED_NAME
     """Name of the Validating/MutatingWebhookConfiguration kopf manages; None: static."""
     exclude_namespaces: tuple[str, ...] = ALWAYS_EXCLUDED_NAMESPACES
@@ -333,9 +339,20 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         cert_dir=Path(env.get("AIGUARD_WEBHOOK_CERT_DIR", "").strip() or DEFAULT_CERT_DIR),
         generate_certs=_bool(env, "AIGUARD_WEBHOOK_GENERATE_CERTS", True),
         extra_hosts=_list(env, "AIGUARD_WEBHOOK_CERT_HOSTS"),
+        cert_secret=env.get("AIGUARD_WEBHOOK_CERT_SECRET", "").strip() or None,
         managed=managed or None,
         exclude_namespaces=excluded,
     )
+    if webhook.cert_secret and not own_ns:
+        raise SettingsError(
+            "AIGUARD_WEBHOOK_CERT_SECRET needs the operator's namespace: set "
+            "AIGUARD_OPERATOR_NAMESPACE (the chart sets it from the downward API)"
+        )
+    if webhook.cert_secret and not webhook.generate_certs:
+        raise SettingsError(
+            "AIGUARD_WEBHOOK_CERT_SECRET shares generated certificates, but "
+            "AIGUARD_WEBHOOK_GENERATE_CERTS is false (mounted certificates): unset one"
+        )
     return Settings(
         kubeconfig=env.get("KUBECONFIG", "").strip() or None,
         namespaces=_list(env, "AIGUARD_NAMESPACES"),

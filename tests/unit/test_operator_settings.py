@@ -201,3 +201,20 @@ def test_sidecars_are_pointed_at_the_collector_with_its_ca() -> None:
 def test_bad_collector_settings_are_refused(env: dict[str, str], words: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(words)):
         from_env(env)
+
+
+def test_replicas_share_generated_certificates_through_a_secret_in_their_namespace() -> None:
+    env = {"AIGUARD_WEBHOOK_CERT_SECRET": "aiguard-webhook-certs"}
+    with pytest.raises(SettingsError, match="AIGUARD_OPERATOR_NAMESPACE"):
+        from_env(env)
+    with pytest.raises(SettingsError, match="AIGUARD_WEBHOOK_GENERATE_CERTS is false"):
+        from_env(
+            {
+                **env,
+                "AIGUARD_OPERATOR_NAMESPACE": "aiguard-system",
+                "AIGUARD_WEBHOOK_GENERATE_CERTS": "false",
+            }
+        )
+    settings = from_env({**env, "AIGUARD_OPERATOR_NAMESPACE": "aiguard-system"})
+    assert settings.webhook.cert_secret == "aiguard-webhook-certs"
+    assert from_env({}).webhook.cert_secret is None
