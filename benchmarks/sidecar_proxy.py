@@ -4,9 +4,13 @@ In one run, against the same provider stand-in (``tests/harness/standin.py``, pl
 
 * ``direct``            — the load generator calls the stand-in itself;
 * ``sidecar``           — through ``aiguard-sidecar`` (the CLI, default log level): one OpenAI
-  provider, one route, one access rule allowing the workload's ServiceAccount, no NER;
-* ``sidecar-quietlog``  — the same with ``--log-level warning`` (2 KB only): the price of the
-  default audit sink's JSON log line per request;
+  provider, one route, one access rule allowing the workload's ServiceAccount, no NER; the
+  policy's default guardrails run (input: PII patterns, secrets, prompt injection; output: PII
+  patterns, secrets). No collector URL, so each request also gets its metadata line on stderr;
+* ``sidecar-quietlog``  — the same with ``--log-level warning`` (2 KB only): the price of that
+  per-request line;
+* ``sidecar-noguard``   — the same with every default guardrail disabled (2 KB only): the
+  proxy's own cost, apart from the guardrails';
 * ``sidecar-guardrails``— input guardrails configured (PII patterns, secrets, injection, a deny
   keyword). Run only if the pipeline actually calls them: a canary keyword is sent first and
   must be blocked; otherwise the result says the guardrails are not wired and why;
@@ -37,7 +41,15 @@ top functions by cumulative and own time, and own time grouped by module.
     python -m benchmarks.sidecar_proxy              # → benchmarks/results/sidecar_proxy.json
     python -m benchmarks.sidecar_proxy --duration 2 --no-profile   # quicker
     python -m benchmarks.sidecar_proxy --profile-only --keep        # iterate on the hot path
+    python -m benchmarks.sidecar_proxy compare --ref HEAD           # this tree against a commit
     hack/install-bench-tools.sh                      # wrk + the pinned Portkey gateway
+
+``compare`` answers "did this change make the sidecar cheaper?" on a noisy box: the bare
+aiohttp pass-through, the sidecar as committed at ``--ref`` (``git archive`` into a temporary
+directory, run with ``PYTHONPATH`` pointing at it) and the sidecar of the working tree, all
+pinned to the same core, take turns in short wrk runs (rotating the order each round); the
+result is the median over rounds of each sidecar's CPU per request divided by the bare
+pass-through's of the same round (``benchmarks/results/sidecar_proxy_compare.json``).
 
 Budgets (issue 5, item 11; one core, default policy, no NER): ≥ 2,000 req/s, added p50 ≤ 1 ms
 and p99 ≤ 5 ms, idle RSS ≤ 60 MB, TTFT overhead ≤ 1 ms. The box may be shared: the load
@@ -73,6 +85,7 @@ NAME = "sidecar_proxy"
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PORTKEY_DIR = HERE / "portkey"
+RESULTS_DIR = HERE / "results"
 PORTKEY_START = PORTKEY_DIR / "start.mjs"
 PORTKEY_BUILD = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build"
 
@@ -590,6 +603,7 @@ def policy_doc(
     stream_port: int | None,
     *,
     guardrails: bool = False,
+    no_guardrails: bool = False,
 ) -> dict[str, Any]:
     providers: list[dict[str, Any]] = [
         {
@@ -651,6 +665,12 @@ def policy_doc(
             ]
         },
     }
+    if no_guardrails:
+        off = {"enabled": False}
+        spec["guardrails"] = {
+            "input": {"pii": off, "secrets": off, "promptInjection": off},
+            "output": {"pii": off, "secrets": off},
+        }
     if guardrails:
         spec["guardrails"] = {
             "input": {
@@ -961,6 +981,26 @@ class Bench:
                 )
             )
 
+        if not a.no_noguard:
+            nport, nadmin, _, ninfo = self.start_sidecar(
+                "sidecar-noguard", policy_doc(plain_port, None, None, no_guardrails=True)
+            )
+            self.proxies["sidecar-noguard"] = ninfo
+            self.add(
+                Target(
+                    "sidecar-noguard",
+                    f"http://127.0.0.1:{nport}{SIDECAR_PATH}",
+                    side_headers,
+                    MODEL,
+                    "direct",
+                    ninfo.pid,
+                    plain.pid,
+                    (EXTRA_BODY,),
+                    nadmin,
+                    note="every default guardrail disabled: the proxy's own cost",
+                )
+            )
+
         self.setup_guardrails(plain_port, plain.pid, side_headers)
 
         if not a.no_bare:
@@ -1168,6 +1208,7 @@ class Bench:
             "sidecar",
             "sidecar-guardrails",
             "sidecar-quietlog",
+            "sidecar-noguard",
             "portkey",
             "direct-tls",
             "sidecar-tls",
@@ -1823,6 +1864,166 @@ def print_report(doc: dict[str, Any]) -> None:
         print(f"note: {n}")
 
 
+# ── compare (``python -m benchmarks.sidecar_proxy compare --ref REF``) ──────────────────────
+
+
+def compare_main(argv: Sequence[str]) -> int:
+    """Interleaved rounds: bare pass-through, sidecar at ``--ref``, sidecar of this tree."""
+    import statistics
+
+    ap = argparse.ArgumentParser(prog="sidecar_proxy compare")
+    ap.add_argument("--ref", default="HEAD", help="git ref of the 'before' sidecar")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=3.0, help="per run")
+    ap.add_argument("--body", type=int, default=2048)
+    ap.add_argument(
+        "--connections", type=lambda v: tuple(int(x) for x in v.split(",")), default=(32, 1)
+    )
+    ap.add_argument("--no-guardrails", action="store_true", help="disable default guardrails")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / f"{NAME}_compare.json")
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="aiguard-bench-compare-"))
+    procs = Processes(work)
+    cores = common.plan_cores()
+    if cores.pinned:
+        common.pin_self(cores.load)
+    old = work / "ref"
+    old.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", args.ref, "sidecar", "api"], cwd=ROOT, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    secrets = work / "secrets"
+    (secrets / "openai").mkdir(parents=True)
+    (secrets / "openai" / "api-key").write_text(REAL_KEY)
+    try:
+        port = common.free_port()
+        st = procs.start(
+            "standin",
+            [
+                *(sys.executable, "-m", "benchmarks.sidecar_proxy", "standin"),
+                *("--port", str(port), "--openai-key", REAL_KEY),
+            ],
+        )
+        wait_tcp(port, st)
+        policy = work / "policy.yaml"
+        policy.write_text(
+            json.dumps(policy_doc(port, None, None, no_guardrails=args.no_guardrails))
+        )
+        targets: dict[str, tuple[str, int]] = {}
+        bport = common.free_port()
+        bare = procs.start(
+            "bare",
+            common.taskset(
+                [
+                    *(sys.executable, "-m", "benchmarks.sidecar_proxy", "passthrough"),
+                    *("--port", str(bport), "--key", REAL_KEY),
+                    *("--upstream", f"http://127.0.0.1:{port}{CHAT_PATH}"),
+                ],
+                cores.subject,
+                cores.pinned,
+            ),
+        )
+        wait_tcp(bport, bare)
+        targets["aiohttp-bare"] = (f"http://127.0.0.1:{bport}{CHAT_PATH}", bare.pid)
+        rss: dict[str, float] = {}
+        for name, tree in ((f"sidecar@{args.ref}", old), ("sidecar", None)):
+            sport, admin = common.free_port(), common.free_port()
+            env = dict(WORKLOAD_ENV)
+            if tree is not None:
+                env["PYTHONPATH"] = f"{tree / 'sidecar'}:{tree / 'api'}"
+            cmd = [sys.executable, "-m", "aiguard_sidecar.main", "--policy", str(policy)]
+            cmd += ["--listen", f"127.0.0.1:{sport}", "--admin", f"127.0.0.1:{admin}"]
+            cmd += ["--secrets-dir", str(secrets), "--drain-seconds", "1"]
+            proc = procs.start(name, common.taskset(cmd, cores.subject, cores.pinned), env=env)
+            common.wait_http("127.0.0.1", admin, "/readyz", proc=proc.popen, timeout=90)
+            time.sleep(1.0)
+            rss[name] = round(common.rss_bytes(proc.pid) / 2**20, 1)
+            targets[name] = (f"http://127.0.0.1:{sport}{SIDECAR_PATH}", proc.pid)
+        targets["direct"] = (f"http://127.0.0.1:{port}{CHAT_PATH}", 0)
+        gen = LoadGen(work)
+        side = {"Authorization": f"Bearer {PLACEHOLDER_KEY}", "Content-Type": "application/json"}
+        direct = {**side, "Authorization": f"Bearer {REAL_KEY}"}
+        scripts = {
+            "side": gen.script("compare", chat_body(args.body), side),
+            "direct": gen.script("compare-direct", chat_body(args.body), direct),
+        }
+        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for conns in args.connections:
+            for name, (url, _) in targets.items():
+                gen.run(url, scripts["direct" if name == "direct" else "side"], conns, 1)
+            for r in range(args.rounds):
+                order = list(targets.items())
+                order = order[r % len(order) :] + order[: r % len(order)]
+                for name, (url, pid) in order:
+                    c0 = common.cpu_seconds(pid) if pid else 0.0
+                    lr = gen.run(
+                        url, scripts["direct" if name == "direct" else "side"], conns, args.seconds
+                    )
+                    c1 = common.cpu_seconds(pid) if pid else 0.0
+                    n = max(lr.requests, 1)
+                    runs.setdefault((name, conns), []).append(
+                        {
+                            "cpu_us_per_req": (c1 - c0) * 1e6 / n,
+                            "rps": lr.rps,
+                            "p50_ms": lr.p50_us / 1000,
+                            "p99_ms": lr.p99_us / 1000,
+                            "errors": lr.errors,
+                        }
+                    )
+        doc: dict[str, Any] = {
+            "benchmark": f"{NAME} compare",
+            "machine": common.machine(),
+            "load_average_end": common.load_average(),
+            "ref": args.ref,
+            "ref_commit": subprocess.run(
+                ["git", "rev-parse", args.ref], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip(),
+            "settings": {
+                "rounds": args.rounds,
+                "seconds": args.seconds,
+                "body_bytes": args.body,
+                "guardrails": "off" if args.no_guardrails else "policy defaults",
+                "method": "targets take turns (order rotated each round) on the same pinned "
+                "core; medians over rounds; ratios are per round, then the median",
+            },
+            "rss_idle_mb": rss,
+            "results": {},
+        }
+        for conns in args.connections:
+            rows: dict[str, dict[str, Any]] = {}
+            base = runs[("aiohttp-bare", conns)]
+            lat = runs[("direct", conns)]
+            for name in targets:
+                xs = runs[(name, conns)]
+                row = {k: round(statistics.median(x[k] for x in xs), 3) for k in xs[0]}
+                if name != "direct":
+                    row["cpu_ratio_vs_bare"] = round(
+                        statistics.median(
+                            x["cpu_us_per_req"] / b["cpu_us_per_req"]
+                            for x, b in zip(xs, base, strict=True)
+                        ),
+                        2,
+                    )
+                    for p in ("p50", "p99"):
+                        row[f"added_{p}_ms"] = round(
+                            statistics.median(
+                                x[f"{p}_ms"] - d[f"{p}_ms"] for x, d in zip(xs, lat, strict=True)
+                            ),
+                            3,
+                        )
+                    row["implied_rps_per_core"] = round(1e6 / row["cpu_us_per_req"])
+                rows[name] = row
+            doc["results"][f"c{conns}"] = rows
+        path = common.write_results(NAME, doc, out=args.out)
+        print(json.dumps(doc["results"], indent=1))
+        print(f"rss idle MB {rss}; wrote {path}")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 # ── main ─────────────────────────────────────────────────────────────────────────────────────
 
 
@@ -1847,6 +2048,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-portkey", action="store_true")
     ap.add_argument("--no-tls", action="store_true")
     ap.add_argument("--no-quietlog", action="store_true")
+    ap.add_argument("--no-noguard", action="store_true", help="skip the no-guardrails sidecar")
     ap.add_argument(
         "--no-bare", action="store_true", help="skip the aiohttp pass-through calibration"
     )
@@ -1871,9 +2073,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return loadgen_main(argv[1:])
     if argv[:1] == ["passthrough"]:
         return passthrough_main(argv[1:])
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
     args = parse_args(argv)
     if args.profile_only:
         args.no_portkey = args.no_tls = args.no_quietlog = args.no_bare = args.no_ttft = True
+        args.no_noguard = True
     machine = common.machine()
     bench = Bench(args)
     print(
@@ -1933,7 +2138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "model": MODEL,
                 "max_tokens": 32,
                 "policy": policy_doc(0, 0, 0)["spec"],
-                "sidecar_log_level": "info (default): one JSON audit line per request",
+                "sidecar_log_level": "info (default): one JSON metadata line per request (no "
+                "collector URL; written by its own thread, audit/sink.py RequestLog)",
             },
             "targets": {
                 t.name: {

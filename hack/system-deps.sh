@@ -11,6 +11,7 @@ declare -A PKG_FOR=(
   [redis-server]=redis-server
   [prometheus]=prometheus
   [promtool]=prometheus
+  [chromium]=chromium  # headless screenshots of the evidence bundle's index.html
 )
 # PostgreSQL's server binaries are not on PATH: look for Debian's initdb.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || PKG_FOR[initdb]=postgresql

@@ -95,14 +95,15 @@ def vocabulary(feats: Features, min_df: int = MIN_DF) -> dict[str, int]:
 
 
 def matrix(feats: Features, vocab: dict[str, int]) -> sp.csr_matrix:
-    """Binary bag of n-grams, each row L2-normalised over the vocabulary (linear.py's form)."""
+    """Binary bag of n-grams, each row L2-normalised over the vocabulary with linear.py's floor
+    (linear.py's form)."""
     indptr = [0]
     indices: list[int] = []
     values: list[float] = []
     for fs in feats:
         idx = sorted(vocab[f] for f in fs if f in vocab)
         if idx:
-            v = 1.0 / math.sqrt(len(idx))
+            v = 1.0 / math.sqrt(max(len(idx), linear.NORM_FLOOR))
             indices.extend(idx)
             values.extend([v] * len(idx))
         indptr.append(len(indices))
@@ -334,7 +335,7 @@ def train_injection(
         "name": "injection",
         "heads": ["injection"],
         "bias": [round(head.bias, WEIGHT_DECIMALS)],
-        "extra": {"offset": round(offset, 4)},
+        "extra": {"offset": round(offset, 4), "norm_floor": linear.NORM_FLOOR},
         "provenance": {
             "trained": trained_date(),
             "script": "hack/train_guardrails.py",
@@ -451,6 +452,7 @@ def train_moderation(
         "heads": list(data.CATEGORIES),
         "bias": [round(h.bias, WEIGHT_DECIMALS) for h in ordered],
         "extra": {
+            "norm_floor": linear.NORM_FLOOR,
             "offset": [round(offsets[cat], 4) for cat in data.CATEGORIES],
             "lexicons": lexicons,
         },

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.cluster import Cluster, LocalCluster, find_bin_dir
+from tests.harness.devoperator import DevOperator
 
 # --------------------------------------------------------------------------- control plane
 #
@@ -44,3 +45,19 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# --------------------------------------------------------------------------- operator
+#
+# `operator`: aiguard-operator as a subprocess against the session's control plane, started
+# once per session (~5 s) with its admission webhook registered by URL on 127.0.0.1 and
+# verified to reject an invalid AIPolicy before the first test runs. Its log is
+# `<tmp>/operator*/operator.log`; a failing wait prints its tail. Here, not in one test
+# directory, so that tests/integration and tests/observability share the one operator (two
+# would fight over the webhook configuration).
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevOperator]:
+    with DevOperator(cluster, tmp_path_factory.mktemp("operator")) as running:
+        yield running

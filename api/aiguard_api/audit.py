@@ -60,6 +60,12 @@ key                                     meaning (OpenTelemetry: as named, unless
 ``gen_ai.response.model``               the model that answered (as the provider says)
 ``gen_ai.response.id``                  the provider's response id
 ``openai.response.system_fingerprint``  the provider's system fingerprint
+``aiguard.model.drift``                 optional (absent in older events: same as ``null``).
+                                        ``null``, or when this response's served model or
+                                        fingerprint changed for its route, provider and
+                                        requested model: {previous_model,
+                                        previous_fingerprint} (see ``aiguard_sidecar.drift``
+                                        for what counts as a change)
 ``gen_ai.response.finish_reasons``      list of finish reasons
 ``gen_ai.usage.input_tokens``           tokens in (provider-reported)
 ``gen_ai.usage.output_tokens``          tokens out (provider-reported)
@@ -67,6 +73,12 @@ key                                     meaning (OpenTelemetry: as named, unless
 ``aiguard.output.hash``                 hash of the output text
 ``aiguard.input.chars``                 characters of input text hashed
 ``aiguard.output.chars``                characters of output text hashed
+``aiguard.capture.hash``                optional: SHA-256 of the redacted content captured
+                                        with this event (``audit.contentCapture:
+                                        redacted``); the content itself travels beside the
+                                        event as ``aiguard.capture`` ({input, output:
+                                        [[role, text]...], masked: {TYPE: n}}), outside the
+                                        hash, and is stored encrypted and purged apart
 ``aiguard.hash.key_id``                 ``null``: plain SHA-256; else the first 16 hex digits
                                         of SHA-256(key): which ``audit.hashKeySecretRef``
                                         key the HMACs used
@@ -138,6 +150,8 @@ COLLECTOR_AUDIENCE: Final = "aiguard.dev/collector"
 COLLECTOR_TOKEN_FILE: Final = "/var/run/secrets/aiguard/collector/token"  # noqa: S105 - a path
 """Where injection mounts that token in the sidecar (a projected volume)."""
 EVENTS_PATH: Final = "/v1/events"
+APPROVALS_PATH: Final = "/v1/approvals"
+"""Human review: sidecars ``POST`` approval requests, then long-poll ``GET {path}/{ns}/{name}``."""
 MAX_BATCH_EVENTS: Final = 1000
 """Most events one ``POST /v1/events`` may carry."""
 MAX_BATCH_BYTES: Final = 8 << 20
@@ -156,6 +170,12 @@ NAMESPACE: Final = "k8s.namespace.name"
 POD: Final = "k8s.pod.name"
 SERVICE_ACCOUNT: Final = "aiguard.workload.service_account"
 POLICY_NAME: Final = "aiguard.policy.name"
+CAPTURE: Final = "aiguard.capture"
+"""Redacted content (``audit.contentCapture: redacted``): travels with the event from the sidecar
+to the collector but is not part of the hashed event; the collector stores it encrypted,
+apart from the event, and purges it sooner. The event carries :data:`CAPTURE_HASH`."""
+CAPTURE_HASH: Final = "aiguard.capture.hash"
+MODEL_DRIFT: Final = "aiguard.model.drift"
 
 
 # --------------------------------------------------------------------------- canonical form
@@ -167,15 +187,25 @@ def canonical(obj: Any) -> bytes:
 
 
 def event_hash(event: Mapping[str, Any]) -> str:
-    """``sha256:<hex>`` over the canonical JSON of ``event`` without its ``hash`` key."""
-    body = {k: v for k, v in event.items() if k != HASH}
+    """``sha256:<hex>`` over the canonical JSON of ``event`` without its ``hash`` key (and
+    without :data:`CAPTURE`, which the event binds through :data:`CAPTURE_HASH`)."""
+    body = {k: v for k, v in event.items() if k not in (HASH, CAPTURE)}
     return HASH_PREFIX + hashlib.sha256(canonical(body)).hexdigest()
+
+
+def capture_hash(capture: Any) -> str:
+    """``sha256:<hex>`` of the canonical JSON of a content capture."""
+    return HASH_PREFIX + hashlib.sha256(canonical(capture)).hexdigest()
 
 
 def hash_and_line(event: Mapping[str, Any]) -> tuple[str, bytes]:
     """The hash of ``event`` (which has no ``hash`` key) and the canonical JSON line of the
     event with it, encoding the body once: sorted keys put ``hash`` between the keys that
-    sort before it and those after, so both documents are spliced from the same two parts."""
+    sort before it and those after, so both documents are spliced from the same two parts.
+    A :data:`CAPTURE` is left out of the hash and put into the line."""
+    if CAPTURE in event:
+        own = event_hash(event)
+        return own, canonical({**event, HASH: own}) + b"\n"
     low = canonical({k: v for k, v in event.items() if k < HASH})[1:-1]
     high = canonical({k: v for k, v in event.items() if k > HASH})[1:-1]
     body = b"{" + b",".join(x for x in (low, high) if x) + b"}"
@@ -290,6 +320,15 @@ class Attempt(_Part):
     seconds: float
 
 
+class ModelDrift(_Part):
+    """What served the route before this response (``aiguard.model.drift``)."""
+
+    previous_model: str | None = Field(description="gen_ai.response.model before the change")
+    previous_fingerprint: str | None = Field(
+        description="openai.response.system_fingerprint before the change"
+    )
+
+
 class AuditEvent(BaseModel):
     """An audit event as the wire carries it (see the module docstring for every key).
 
@@ -330,10 +369,12 @@ class AuditEvent(BaseModel):
     response_model: str | None = Field(alias="gen_ai.response.model")
     response_id: str | None = Field(alias="gen_ai.response.id")
     system_fingerprint: str | None = Field(alias="openai.response.system_fingerprint")
+    model_drift: ModelDrift | None = Field(default=None, alias="aiguard.model.drift")
     finish_reasons: list[str] = Field(alias="gen_ai.response.finish_reasons")
     input_tokens: int | None = Field(alias="gen_ai.usage.input_tokens")
     output_tokens: int | None = Field(alias="gen_ai.usage.output_tokens")
 
+    capture_hash: str | None = Field(default=None, alias="aiguard.capture.hash")
     input_hash: str | None = Field(alias="aiguard.input.hash")
     output_hash: str | None = Field(alias="aiguard.output.hash")
     input_chars: int = Field(alias="aiguard.input.chars", ge=0)
@@ -369,6 +410,13 @@ class AuditEvent(BaseModel):
     @classmethod
     def _rfc3339(cls, v: str) -> str:
         parse_time(v)
+        return v
+
+    @field_validator("capture_hash")
+    @classmethod
+    def _capture(cls, v: str | None) -> str | None:
+        if v is not None and not _HASH.match(v):
+            raise ValueError("expected sha256:<64 hex digits>")
         return v
 
     @field_validator("prev_hash", "hash")
@@ -424,6 +472,13 @@ class PurgeRecord(BaseModel):
     oldest: str | None = Field(description="time of the oldest event deleted")
     newest: str | None = Field(description="time of the newest event deleted")
     chains: list[PurgedChain] = Field(default_factory=list)
+    capture_retention_days: int | None = Field(
+        default=None, description="spec.audit.captureRetentionDays in force (effective)"
+    )
+    capture_cutoff: str | None = Field(
+        default=None, description="captured content written before this time was eligible"
+    )
+    captures: int = Field(default=0, ge=0, description="captured contents deleted")
 
     def starts(self) -> dict[str, ChainStart]:
         return {

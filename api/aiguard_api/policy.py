@@ -724,8 +724,21 @@ class AuditSinks(Model):
 
 
 class Audit(Model):
-    content_capture: ContentCapture = ContentCapture.NONE
+    content_capture: ContentCapture = Field(
+        default=ContentCapture.NONE,
+        description="`none`: hashes and decisions only. `redacted`: also the text that crossed "
+        "the sidecar (sent upstream, returned to the client), with every entity and secret "
+        "aiguard recognises masked whatever the guardrail actions, encrypted at the collector "
+        "and purged after `captureRetentionDays`. Blocked requests keep no text.",
+    )
     retention_days: int = Field(default=400, ge=1, le=3650)
+    capture_retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Captured content is purged after this many days; never later than "
+        "retentionDays (the default 30 yields to a shorter retentionDays).",
+    )
     on_spool_failure: FailureMode = Field(
         default=FailureMode.CLOSED,
         description="`closed`: reject requests whose audit event cannot be written. "
@@ -735,6 +748,20 @@ class Audit(Model):
         default=None, description="Key the input/output hashes (HMAC-SHA-256)."
     )
     sinks: AuditSinks = Field(default_factory=AuditSinks)
+
+    @property
+    def effective_capture_retention_days(self) -> int:
+        return min(self.capture_retention_days, self.retention_days)
+
+    @model_validator(mode="after")
+    def _capture_within_retention(self) -> Audit:
+        explicit = "capture_retention_days" in self.model_fields_set
+        if explicit and self.capture_retention_days > self.retention_days:
+            raise ValueError(
+                f"captureRetentionDays ({self.capture_retention_days}) exceeds retentionDays "
+                f"({self.retention_days}): captured content cannot outlive its events"
+            )
+        return self
 
 
 class IncidentNotify(Model):

@@ -5,6 +5,11 @@ Subcommands::
     status [NAME] [-n NS | -A] [-o table|wide|json]   AIPolicies: Ready, hash, governed pods
     verify-audit (--collector URL | FILE...)          audit hash chains: gaps, edits, order
     scan [--policy FILE] [--direction input|output]   guardrails over JSON lines (stdin→stdout)
+    incidents [-n NS | -A] [--state S] [-o table|json] AIIncidents (aiguard_operator.incidents.cli)
+    ack|resolve NAME [-n NS] [--note T]               move an AIIncident on, recorded
+    approve|deny NAME [-n NS] [--note T]              decide a request held for human review
+    evidence --from D [--to D] --out DIR --collector URL   SOC 2 evidence bundle (evidence/)
+    evidence --verify DIR                             check a bundle against its manifest
 
 Every subcommand takes ``--kubeconfig`` and ``--context`` (as kubectl does) and talks to the
 API server through :mod:`aiguard_operator.kube`, not by running kubectl: the plugin then
@@ -34,7 +39,9 @@ from typing import Any, TextIO
 import aiohttp
 
 from aiguard_api import audit, constants
-from aiguard_operator import kube, status
+from aiguard_operator import approvals, kube, status
+from aiguard_operator.evidence import command as evidence_command
+from aiguard_operator.incidents import cli as incidents_cli
 
 Command = Callable[[argparse.Namespace, TextIO], int]
 
@@ -411,6 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--save", metavar="FILE", help="also export what was fetched (JSON lines)")
     va.add_argument("-o", "--output", choices=["text", "json"], default="text")
     va.set_defaults(func=cmd_verify_audit)
+
+    # Listed for --help only: main() hands `scan ...` to aiguard-sidecar before parsing.
+    sc = sub.add_parser(
+        "scan",
+        add_help=False,
+        help="run the sidecar's guardrails over JSON lines (aiguard-sidecar scan --help)",
+    )
+    sc.set_defaults(func=lambda args, out: run_scan([]))
+
+    evidence_command.register(sub, common)
+    incidents_cli.add_parsers(sub, common)  # incidents, ack, resolve
+    approvals.add_commands(sub, common)  # approve, deny
     return parser
 
 

@@ -55,7 +55,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -80,6 +80,8 @@ from aiguard_operator import (
     validation,
 )
 from aiguard_operator.collector import server as collector_server
+from aiguard_operator.collector.capture import CaptureKeyError
+from aiguard_operator.collector.config import CollectorSettingsError
 from aiguard_operator.settings import Settings, from_env
 
 logger = logging.getLogger("aiguard.operator")
@@ -344,18 +346,29 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if cfg.peering:
         await _ensure_peering_object(runtime.api, cfg.peering)
     metrics.initialise(admission.metric_series())
-    if cfg.metrics.addr is not None:
-        runtime.metrics_runner = await metrics.serve(cfg.metrics.addr, cfg.metrics.port)
-    if cfg.webhook.enabled and cfg.webhook.generate_certs:
-        runtime.tasks.append(
-            asyncio.create_task(_rotate_certs(cfg, runtime.api), name="aiguard-certs")
-        )
-    runtime.tasks.append(
-        asyncio.create_task(runtime.recorder.run(runtime.api), name="aiguard-events")
-    )
-    runtime.tasks.append(asyncio.create_task(_coverage_worker(runtime), name="aiguard-coverage"))
     memo[MEMO_KEY] = runtime
-    await collector_server.start_in(memo, runtime.api)  # audit collector, if AIGUARD_COLLECTOR
+    try:
+        if cfg.metrics.addr is not None:
+            runtime.metrics_runner = await metrics.serve(cfg.metrics.addr, cfg.metrics.port)
+        if cfg.webhook.enabled and cfg.webhook.generate_certs:
+            runtime.tasks.append(
+                asyncio.create_task(_rotate_certs(cfg, runtime.api), name="aiguard-certs")
+            )
+        runtime.tasks.append(
+            asyncio.create_task(runtime.recorder.run(runtime.api), name="aiguard-events")
+        )
+        runtime.tasks.append(
+            asyncio.create_task(_coverage_worker(runtime), name="aiguard-coverage")
+        )
+        await collector_server.start_in(memo, runtime.api)  # the collector, if AIGUARD_COLLECTOR
+    except BaseException as e:
+        # Release what this attempt started (ports, tasks, the client): kopf retries a failed
+        # startup handler, and a retry must not find its own metrics port taken.
+        await _release(memo)
+        memo.pop(MEMO_KEY, None)
+        if isinstance(e, (CaptureKeyError, CollectorSettingsError)):
+            raise kopf.PermanentError(f"audit collector: {e}") from e
+        raise
     logger.info(
         "aiguard operator: watching %s; peering %s; webhook %s; pod injection failurePolicy "
         "%s, sidecar %s; metrics %s",
@@ -370,6 +383,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    await _release(memo)
+
+
+async def _release(memo: MutableMapping[str, Any]) -> None:
+    """Stop what the startup handler started: tasks, the metrics server, the collector."""
     runtime = memo.get(MEMO_KEY)
     if not isinstance(runtime, Runtime):
         return
@@ -746,6 +764,7 @@ async def reconcile(
         conditions = status.merge(conditions_now, wanted, generation=generation, now=_now())
         patch.status["conditions"] = conditions
         patch.status["observedGeneration"] = generation
+        metrics.set_policy_ready(namespace, name, False)
         if _ready_changed(conditions_now, conditions):
             _post(body, warning=True, reason=report.reason, message=report.message())
         if report.only_missing_secrets:
@@ -766,6 +785,7 @@ async def reconcile(
             now=_now(),
         )
         patch.status["conditions"] = conditions
+        metrics.set_policy_ready(namespace, name, False)
         raise kopf.TemporaryError(f"ConfigMap {cm_name}: {e}", delay=10) from e
 
     selectors = [s for s in _selectors(peers) if s.name != name]
@@ -789,6 +809,7 @@ async def reconcile(
     patch.status["conditions"] = conditions
     patch.status["observedGeneration"] = generation
     patch.status["compiledHash"] = config.hash
+    metrics.set_policy_ready(namespace, name, True)
     patch.status["configMap"] = cm_name
     patch.status["coverage"] = counts[name].as_status()
 
@@ -888,6 +909,7 @@ async def forget(
     namespace = _namespaced(namespace)
     uid = body.get("metadata", {}).get("uid", "")
     path = _configmap_path(namespace, constants.configmap_name(name))
+    metrics.forget_policy(namespace, name)
     existing = await runtime.api.get_or_none(path)
     if existing is not None and configmaps.is_owned_by(existing, uid):
         await runtime.api.delete(path)

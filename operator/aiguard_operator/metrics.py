@@ -12,6 +12,7 @@ metric                                      type       labels
 ``aiguard_governed_pods``                   gauge      ``namespace``, ``policy``
 ``aiguard_uninjected_pods``                 gauge      ``namespace``, ``policy``
 ``aiguard_events_total``                    counter    ``outcome``
+``aiguard_policy_ready``                    gauge      ``namespace``, ``policy``
 ==========================================  =========  ================================
 
 ``decision`` is one of :data:`DECISIONS`; ``reason`` is a skip reason's ``code``
@@ -19,7 +20,10 @@ metric                                      type       labels
 policy was chosen (``annotation`` or ``selector``). Dry-run admissions are not counted: they
 create nothing.
 
-Alert on ``aiguard_uninjected_pods > 0``: a pod that asked for the sidecar runs without it.
+Alert on ``aiguard_uninjected_pods > 0``: a pod that asked for the sidecar runs without it,
+and on ``aiguard_policy_ready == 0``: an AIPolicy is invalid or its ConfigMap could not be
+written (its sidecars keep the last good policy, or have none). ``docs/metrics.md`` is the
+reference of every metric.
 """
 
 from __future__ import annotations
@@ -77,16 +81,32 @@ UNINJECTED_PODS: Final = Gauge(
 EVENTS: Final = Counter(
     "aiguard_events",
     "Kubernetes Events of the operator's own recorder: created, updated (aggregated "
-    "repeats), or failed to write.",
+    "repeats), failed to write, or dropped (too many distinct events pending).",
     [OUTCOME],
     registry=REGISTRY,
 )
 
 
+POLICY_READY: Final = Gauge(
+    "aiguard_policy_ready",
+    "1 when the AIPolicy compiled into its ConfigMap (condition Ready=True), 0 when it is "
+    "invalid or the ConfigMap could not be written.",
+    [NAMESPACE, POLICY],
+    registry=REGISTRY,
+)
+
+
+EVENT_OUTCOMES: Final = ("created", "updated", "failed", "dropped")
+"""Values of ``aiguard_events_total{outcome}`` (``events.py``)."""
+
+
 def initialise(decisions: Iterable[tuple[str, str]]) -> None:
-    """Create these (decision, reason) series at 0, so rates and alerts work from the start."""
+    """Create these (decision, reason) series, and every event outcome's, at 0, so rates and
+    alerts work from the start."""
     for decision, reason in decisions:
         INJECTION_DECISIONS.labels(decision, reason)
+    for outcome in EVENT_OUTCOMES:
+        EVENTS.labels(outcome)
 
 
 def set_coverage(namespace: str, counts: dict[str, tuple[int, int]]) -> None:
@@ -101,6 +121,17 @@ def set_coverage(namespace: str, counts: dict[str, tuple[int, int]]) -> None:
     for policy, (governed, uninjected) in counts.items():
         GOVERNED_PODS.labels(namespace, policy).set(governed)
         UNINJECTED_PODS.labels(namespace, policy).set(uninjected)
+
+
+def set_policy_ready(namespace: str, policy: str, ready: bool) -> None:
+    POLICY_READY.labels(namespace, policy).set(1 if ready else 0)
+
+
+def forget_policy(namespace: str, policy: str) -> None:
+    """Remove a deleted policy's ``aiguard_policy_ready`` series."""
+    for labels in _series(POLICY_READY):
+        if labels[NAMESPACE] == namespace and labels[POLICY] == policy:
+            POLICY_READY.remove(namespace, policy)
 
 
 def _series(gauge: Gauge) -> list[dict[str, str]]:

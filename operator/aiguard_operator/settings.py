@@ -14,7 +14,9 @@ AIGUARD_OPERATOR_NAMESPACE         the operator's own namespace (the chart sets 
                                    the downward API; default: the ServiceAccount's)
 AIGUARD_PEERING                    kopf peering object name (``aiguard``); ``standalone``
                                    or empty: no peering (one replica, or dev)
-AIGUARD_PEERING_PRIORITY           this replica's peering priority (0)
+AIGUARD_PEERING_PRIORITY           this replica's peering priority (0); ``random``: a
+                                   random one per start (the chart's HA replicas: kopf
+                                   pauses every peer when two share the top priority)
 AIGUARD_POST_EVENTS                post Kubernetes Events (true)
 AIGUARD_LOG_FORMAT                 plain | full | json (plain)
 AIGUARD_LOG_LEVEL                  debug | info | warning | error (info)
@@ -71,6 +73,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -358,9 +361,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         namespaces=_list(env, "AIGUARD_NAMESPACES"),
         operator_namespace=own_ns,
         peering=None if peering in ("", "standalone") else peering,
-        peering_priority=int(
-            _number(env, "AIGUARD_PEERING_PRIORITY", 0, lo=-(2**31), hi=2**31 - 1)
-        ),
+        peering_priority=_priority(env),
         post_events=_bool(env, "AIGUARD_POST_EVENTS", True),
         log_format=_FORMATS[format_name],
         log_level=_LEVELS[level_name],
@@ -380,6 +381,12 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         coverage_interval=_number(env, "AIGUARD_COVERAGE_INTERVAL_SECONDS", 60.0, lo=1, hi=86400),
         collector_ca_file=Path(ca) if (ca := _collector_ca_file(env)) else None,
     )
+
+
+def _priority(env: Mapping[str, str]) -> int:
+    if env.get("AIGUARD_PEERING_PRIORITY", "").strip().lower() == "random":
+        return secrets.randbelow(2**31 - 2) + 1
+    return int(_number(env, "AIGUARD_PEERING_PRIORITY", 0, lo=-(2**31), hi=2**31 - 1))
 
 
 def _collector_ca_file(env: Mapping[str, str]) -> str | None:

@@ -36,7 +36,7 @@ from aiohttp import web
 
 from aiguard_api import constants
 from aiguard_api.config import SidecarConfig
-from aiguard_sidecar import admin
+from aiguard_sidecar import admin, review
 from aiguard_sidecar.audit.sink import AuditService, AuditSettings
 from aiguard_sidecar.errors import ErrorKind, ProxyError
 from aiguard_sidecar.hooks import GuardrailsFactory, no_guardrails
@@ -230,6 +230,8 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
         audit=app[AUDIT],
         budget=budget,
     )
+    reviewer = review.from_settings(s.audit, s.workload)
+    app[PIPELINE].reviewer = reviewer
 
     async def watch() -> None:
         while True:
@@ -245,6 +247,8 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
     await _stop_tasks(app, "policy-")
     await store.close()
     await app[AUDIT].close()
+    if reviewer is not None:
+        await reviewer.close()
 
 
 # ── handlers ─────────────────────────────────────────────────────────────────────────────────
@@ -275,11 +279,19 @@ async def _not_a_proxy(
     return await handler(request)
 
 
-def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _handler(
+    endpoints: list[Endpoint],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """One handler per path. Every method reaches it: the pipeline answers a method the path
+    does not serve with 405 in the client's format (and an audit record)."""
+    by_method = {e.method: e for e in endpoints}
+    default = endpoints[0]
+
     async def handle(request: web.Request) -> web.StreamResponse:
+        endpoint = by_method.get(request.method, default)
         return await request.app[PIPELINE].handle(request, endpoint)
 
-    handle.__name__ = f"handle_{endpoint.api.value.replace('.', '_')}"
+    handle.__name__ = f"handle_{default.api.value.replace('.', '_')}"
     return handle
 
 
@@ -287,8 +299,10 @@ async def _unknown(request: web.Request) -> web.StreamResponse:
     err = ProxyError(
         ErrorKind.NOT_FOUND,
         f"aiguard: unknown path {request.method} {request.path[:256]}; this sidecar serves "
-        "/openai/v1/{chat/completions,responses,embeddings,models}, /anthropic/v1/messages and "
-        "/azure/openai/deployments/{deployment}/{chat/completions,embeddings}",
+        "/openai/v1/{chat/completions,responses[/{id}],embeddings,models}, "
+        "/anthropic/v1/messages[/count_tokens], /anthropic/v1/models, "
+        "/azure/openai/deployments/{deployment}/{chat/completions,embeddings} and "
+        "/azure/openai/v1/...",
         code="unknown_path",
     )
     return web.Response(
@@ -318,9 +332,12 @@ def create_app(
         app[AUDIT] = audit
     app[GUARDRAILS] = guardrails
     app.cleanup_ctx.extend([_session_ctx, _secrets_ctx, _audit_ctx, _policy_ctx])
+    by_path: dict[str, list[Endpoint]] = {}
     for endpoint in ENDPOINTS:
-        path = endpoint.path.replace("/models/{model}", "/models/{model:.+}")
-        app.router.add_route("*", path, _handler(endpoint))
+        by_path.setdefault(endpoint.path, []).append(endpoint)
+    for path, endpoints in by_path.items():
+        route = path.replace("/models/{model}", "/models/{model:.+}")
+        app.router.add_route("*", route, _handler(endpoints))
     app.router.add_route("*", "/{tail:.*}", _unknown)
     return app
 

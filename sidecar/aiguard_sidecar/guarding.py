@@ -10,9 +10,11 @@
 
 Input: every exchange segment (system, user, assistant, tool calls, tool results, documents)
 plus the request facts (size, max tokens, parameters, tools) and the unscannable counts go
-through the input engine. BLOCK → a block naming the guardrail and type; REVIEW → a block
-("held for human review: not yet supported"); REDACT → the edits go back through the
-segments' locators (``Exchange.set_text``). In ``mode: audit`` nothing is rewritten.
+through the input engine. BLOCK → a block naming the guardrail and type; REVIEW → a
+``review`` decision: the pipeline holds the request for a person (``review.py``), with any
+redactions already applied; REDACT → the edits go back through the segments' locators
+(``Exchange.set_text``). In ``mode: audit`` nothing is rewritten. Output cannot be held for
+review: an output REVIEW is a block.
 
 Output: a JSON response is scanned whole. A stream is scanned incrementally with a holdback
 window of ``guardrails.output.streaming.holdbackChars`` characters: events carrying text are
@@ -39,7 +41,7 @@ from typing import Any, Final
 
 from aiguard_api.config import ConfigError, SidecarConfig
 from aiguard_api.policy import AIPolicySpec, Mode, SecretKeyRef
-from aiguard_sidecar import hooks
+from aiguard_sidecar import hooks, review
 from aiguard_sidecar.exchange import Exchange, ResponseInfo, StreamEvent, TextDelta
 from aiguard_sidecar.guardrails.base import (
     Decision,
@@ -58,7 +60,7 @@ log = logging.getLogger("aiguard.sidecar.guarding")
 
 OFF_LOOP_CHARS: Final = 16384
 """Requests with more text than this are scanned in a worker thread, not on the event loop."""
-REVIEW_REASON: Final = "held for human review: not yet supported"
+REVIEW_REASON: Final = "output cannot be held for human review: blocked"
 _WARMUP: Final = "warm up: bob@example.com 4111 1111 1111 1111 AKIAIOSFODNN7EXAMPLE ignore that"
 _CACHE_SIZE: Final = 4
 
@@ -149,6 +151,10 @@ def decision_of(side: str, verdict: Verdict) -> hooks.GuardDecision:
         return hooks.GuardDecision(
             hooks.Verdict.BLOCK, _rule(side, verdict), verdict.reason, n, counts
         )
+    if verdict.decision is Decision.REVIEW and side == "input":
+        return hooks.GuardDecision(
+            hooks.Verdict.REVIEW, _rule(side, verdict), verdict.reason, n, counts
+        )
     if verdict.decision is Decision.REVIEW:
         reason = f"{verdict.reason}; {REVIEW_REASON}" if verdict.reason else REVIEW_REASON
         return hooks.GuardDecision(hooks.Verdict.BLOCK, _rule(side, verdict), reason, n, counts)
@@ -199,6 +205,8 @@ class EngineGuardrails:
         self.cfg = cfg
         self.enforce = cfg.spec.mode is Mode.ENFORCE
         self.holdback = cfg.spec.guardrails.output.streaming.holdback_chars
+        review_cfg = cfg.spec.guardrails.input.review
+        self.review_tools = review_cfg.enabled and bool(review_cfg.tools)
         self._engines: Engines | None = None
 
     async def prepare(self) -> None:
@@ -234,7 +242,8 @@ class EngineGuardrails:
         engine = self.engines.input
         segments = [Segment(i, s.text, Role(s.role.value)) for i, s in enumerate(exchange.segments)]
         unscannable = {k.value: n for k, n in exchange.unscanned.items()}
-        ctx = ScanContext(Direction.INPUT, exchange.model or None)
+        tools = review.tool_names(exchange) if self.review_tools else frozenset()
+        ctx = ScanContext(Direction.INPUT, exchange.model or None, tools)
         verdict = engine.validate(request_facts(exchange))
         if exchange.input_chars > OFF_LOOP_CHARS or engine.cpu_heavy:
             loop = asyncio.get_running_loop()
@@ -245,8 +254,8 @@ class EngineGuardrails:
             scanned = engine.check(segments, ctx, unscannable=unscannable)
         verdict.merge(scanned)
         decision = decision_of("input", verdict)
-        if verdict.decision is Decision.REDACT and self.enforce:
-            for index, text in verdict.edits.items():
+        if verdict.decision in (Decision.REDACT, Decision.REVIEW) and self.enforce:
+            for index, text in verdict.edits.items():  # an approved request goes on redacted
                 exchange.set_text(exchange.segments[index], text)
         return decision
 

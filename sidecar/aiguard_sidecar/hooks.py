@@ -12,7 +12,8 @@ The pipeline calls, in order::
 
 Guardrails see :class:`~aiguard_sidecar.exchange.Exchange` segments and stream deltas, never
 provider formats; edits go back through the segments' locators. A ``block`` verdict becomes a
-400 in the client's format (in a stream: an error event); in ``mode: audit`` the pipeline
+400 in the client's format (in a stream: an error event); a ``review`` verdict on the input
+holds the request for a person's decision (``review.py``); in ``mode: audit`` the pipeline
 records it and changes nothing. :class:`NoGuardrails` is the default: it costs one await.
 """
 
@@ -31,6 +32,7 @@ class Verdict(enum.Enum):
     ALLOW = "allow"  # unchanged, or changed through set_text
     BLOCK = "block"
     HOLD = "hold"  # streams: keep this event back (the guard re-emits it later)
+    REVIEW = "review"  # input: hold the request for human approval (``review.hold``)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,12 @@ underscores, the unit becomes a suffix), and ``aiguard_*`` otherwise. Counters e
 
 Cardinality is bounded: provider names come from the policy, reasons and kinds from fixed
 vocabularies, and model names (which clients choose) pass through :class:`LabelCap`, which
-keeps the first :data:`MAX_MODEL_LABELS` distinct values and folds the rest into ``_other``.
-No user, group or request id is ever a label.
+keeps the first :data:`MAX_MODEL_LABELS` distinct values and folds the rest into ``_other``
+(guardrail finding types likewise, capped at :data:`MAX_FINDING_TYPES`; routes come from the
+policy). No user, group or request id, and no raw request path, is ever a label.
+
+The reference of every metric, with its labels and meaning, is ``docs/metrics.md`` (a test
+fails when it and these declarations disagree).
 
 Each :class:`Metrics` has its own ``CollectorRegistry`` (served on the admin port), so tests can
 run several sidecars in one process.
@@ -40,8 +44,13 @@ KIND: Final = "kind"
 POLICY: Final = "policy"
 HASH: Final = "hash"
 RESULT: Final = "result"
+DIRECTION: Final = "direction"  # input | output
+GUARDRAIL: Final = "guardrail"
+FINDING_TYPE: Final = "type"
+ACTION: Final = "action"
 
 MAX_MODEL_LABELS: Final = 64
+MAX_FINDING_TYPES: Final = 128
 MAX_CACHED_CHILDREN: Final = 4096
 OTHER: Final = "_other"
 
@@ -63,6 +72,15 @@ TOKEN_BUCKETS: Final = (
 TTFT_BUCKETS: Final = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
+# Every ``reason`` of ``aiguard_audit_delivery_failures_total`` (``audit/shipper.py``): the
+# series exist at 0 from the start, so rates and alerts see the first failure.
+DELIVERY_FAILURE_REASONS: Final = (
+    "connect", "timeout", "http_4xx", "http_5xx", "unauthorized", "forbidden", "bad_ack",
+    "token", "spool_read",
+)  # fmt: skip
+# ``kind`` of ``aiguard_model_drift_total`` (``drift.py``).
+DRIFT_KINDS: Final = ("model", "fingerprint")
+
 OVERHEAD_BUCKETS: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 )  # fmt: skip
@@ -92,6 +110,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.model_label = LabelCap()
+        self.finding_type_label = LabelCap(MAX_FINDING_TYPES)
 
         # OpenTelemetry GenAI client metrics.
         self.operation_duration = Histogram(
@@ -171,6 +190,21 @@ class Metrics:
             [RESULT],
             registry=r,
         )
+        self.guardrail_findings = Counter(
+            "aiguard_guardrail_findings_total",
+            "Guardrail findings by direction (input, output), guardrail (pii, secrets, "
+            "prompt_injection, moderation, ...), finding type (EMAIL_ADDRESS, jailbreak, ...) "
+            "and the action that applied (redact, block, flag, ...). Counts, never content.",
+            [DIRECTION, GUARDRAIL, FINDING_TYPE, ACTION],
+            registry=r,
+        )
+        self.model_drift = Counter(
+            "aiguard_model_drift_total",
+            "Responses whose served model or system fingerprint changed for the same route, "
+            "provider and requested model (kind: model, fingerprint). See drift.py.",
+            [ROUTE, PROVIDER, KIND],
+            registry=r,
+        )
         self.unscanned_parts = Counter(
             "aiguard_unscanned_content_parts_total",
             "Request content parts no guardrail could read (image, audio, file, tokens, unknown).",
@@ -201,7 +235,7 @@ class Metrics:
         self.audit_delivery_failures = Counter(
             "aiguard_audit_delivery_failures_total",
             "Failed attempts to deliver a batch to the collector, by reason (connect, "
-            "timeout, http_4xx, http_5xx, unauthorized, forbidden, bad_ack, token).",
+            "timeout, http_4xx, http_5xx, unauthorized, forbidden, bad_ack, token, spool_read).",
             [REASON],
             registry=r,
         )
@@ -211,11 +245,24 @@ class Metrics:
             "or spool content abandoned). Must stay 0.",
             registry=r,
         )
+        self.audit_otlp_exported = Counter(
+            "aiguard_audit_otlp_exported_total",
+            "Audit events delivered to the OTLP endpoint (audit.sinks.otlpEndpoint); a copy.",
+            registry=r,
+        )
+        self.audit_otlp_dropped = Counter(
+            "aiguard_audit_otlp_dropped_total",
+            "Audit events the OTLP copy gave up on (queue full, refused, shutdown); the "
+            "collector path is unaffected.",
+            registry=r,
+        )
         self.audit_spool_write_failures = Counter(
             "aiguard_audit_spool_write_failures_total",
             "Audit events that could not be written to the spool (disk full, I/O error).",
             registry=r,
         )
+        for reason in DELIVERY_FAILURE_REASONS:
+            self.audit_delivery_failures.labels(reason)
         self._policy_labels: tuple[str, str] | None = None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -230,6 +277,12 @@ class Metrics:
                 self._children.clear()
             found = self._children[key] = metric.labels(*values)
         return found
+
+    def count_findings(self, findings: dict[tuple[str, str, str, str], int]) -> None:
+        """Count a request's guardrail findings: (direction, guardrail, type, action) → n."""
+        for (direction, guardrail, kind, action), n in findings.items():
+            labels = (direction, guardrail, self.finding_type_label(kind), action)
+            self.child(self.guardrail_findings, *labels).inc(n)
 
     def set_breaker(self, provider: str, state: BreakerState) -> None:
         self.breaker_state.labels(provider).set(int(state))

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -34,10 +36,11 @@ import aiohttp
 from aiohttp import web
 
 from aiguard_api.policy import FailureMode, Operation, UnscannableAction
-from aiguard_sidecar import access, identity, ratelimit
+from aiguard_sidecar import access, identity, ratelimit, review
+from aiguard_sidecar.drift import DriftTracker
 from aiguard_sidecar.errors import ErrorKind, ProxyError
-from aiguard_sidecar.exchange import Api, EventAction, Exchange, ResponseInfo, dumps
-from aiguard_sidecar.hooks import ALLOW, GuardDecision, StreamGuard, Verdict
+from aiguard_sidecar.exchange import Api, EventAction, Exchange, ResponseInfo, WireFormat, dumps
+from aiguard_sidecar.hooks import ALLOW, GuardDecision, NoGuardrails, StreamGuard, Verdict
 from aiguard_sidecar.metrics import Metrics
 from aiguard_sidecar.policy_store import PolicyStore
 from aiguard_sidecar.providers import Endpoint, Inbound
@@ -49,6 +52,8 @@ from aiguard_sidecar.routing import (
     CompiledRoute,
     Failure,
     RetryBudget,
+    StoredResponse,
+    StoredResponses,
 )
 from aiguard_sidecar.runtime import ProviderRuntime, Runtime
 from aiguard_sidecar.upstream import (
@@ -72,7 +77,14 @@ _JSON: Final = "application/json"
 
 # Reason codes (ProxyError.code) that are policy decisions rather than errors.
 _POLICY_CODES: Final = frozenset(
-    {"identity_failed", "access_denied", "rate_limited", "guardrail_blocked", "unscannable_content"}
+    {
+        "identity_failed",
+        "access_denied",
+        "rate_limited",
+        "guardrail_blocked",
+        "unscannable_content",
+        "review_denied",
+    }
 )
 
 
@@ -112,6 +124,14 @@ class Pipeline:
         self.metrics = metrics
         self.audit = audit
         self.budget = budget
+        self.drift = DriftTracker(metrics)
+        self.reviewer: review.Reviewer | None = None
+        """Asks the collector for human approvals (``review.py``); None: no collector."""
+        self.stored = StoredResponses()
+        """Responses API responses created through this sidecar (``_stored_response``)."""
+        self.inflight = 0
+        # Read at scrape time: no gauge lock taken twice per request.
+        metrics.inflight.set_function(lambda: self.inflight)
         self._id_prefix = os.urandom(4).hex()
         self._seq = 0
 
@@ -137,7 +157,7 @@ class Pipeline:
             wire=endpoint.inbound.wire.value,
             api=endpoint.api.value,
         )
-        self.metrics.inflight.inc()
+        self.inflight += 1
         response: web.StreamResponse | None = None
         try:
             try:
@@ -156,9 +176,11 @@ class Pipeline:
             response = await self._error(endpoint.inbound, internal, rec, rt, start)
             return response
         finally:
-            self.metrics.inflight.dec()
+            self.inflight -= 1
             self.store.release(rt)
             self._observe(rec, rt, loop.time() - start)
+            if rec.exchange is not None and rec.exchange.wire is WireFormat.OPENAI:
+                self._track_stored(rec, rec.exchange)
 
     # ── the path ─────────────────────────────────────────────────────────────────────────────
 
@@ -179,7 +201,9 @@ class Pipeline:
             )
         inbound = endpoint.inbound
         raw = await _read_body(request, rt.max_body) if endpoint.method == "POST" else b""
-        ex = inbound.parse(endpoint.api, raw, path_model=request.match_info.get("model"))
+        match = request.match_info
+        ex = inbound.parse(endpoint.api, raw, path_model=match.get("model"))
+        ex.resource_id = match.get("id")
         rec.exchange = ex
         rec.operation = ex.operation.value
         rec.stream = ex.stream
@@ -193,6 +217,7 @@ class Pipeline:
 
         if ex.api is Api.MODELS:
             return await self._models(inbound, rt, rec, principal, start)
+        stored = self._stored_response(rt, rec, ex, principal) if ex.resource_id else None
 
         d = access.decide(
             rt.cfg.spec.access,
@@ -234,17 +259,24 @@ class Pipeline:
                 code="wrong_api_format",
                 rule=f"routes[{route.name}]",
             )
+        if stored is not None:
+            route = _holding(rt, route, stored, ex)
 
-        lease = await self._limit(rt, rec, principal, ex)
+        # No limits configured: no limiter call (and no lease to release).
+        lease = (
+            await self._limit(rt, rec, principal, ex) if rt.cfg.spec.rate_limits.limits else None
+        )
         try:
-            await self._check_input(rt, rec, ex)
+            await self._check_input(rt, rec, ex, request=request)
             return await self._forward(request, rt, rec, ex, route, inbound, start)
         finally:
             if lease is not None:
                 info = rec.response
                 used_in = info.input_tokens if info is not None else None
+                if used_in is None:  # a token count consumes none
+                    used_in = 0 if ex.api is Api.COUNT_TOKENS else ex.est_input_tokens
                 await lease.release(
-                    input_tokens=ex.est_input_tokens if used_in is None else used_in,
+                    input_tokens=used_in,
                     output_tokens=info.output_tokens_or_estimate() if info is not None else 0,
                 )
 
@@ -290,7 +322,9 @@ class Pipeline:
             return None
         return result
 
-    async def _check_input(self, rt: Runtime, rec: RequestRecord, ex: Exchange) -> None:
+    async def _check_input(
+        self, rt: Runtime, rec: RequestRecord, ex: Exchange, *, request: web.Request | None = None
+    ) -> None:
         inputs = rt.cfg.spec.guardrails.input
         if ex.unscanned and inputs.unscannable is UnscannableAction.BLOCK:
             kinds = ", ".join(sorted(k.value for k in ex.unscanned))
@@ -309,28 +343,94 @@ class Pipeline:
                 f"aiguard policy {rt.name}: the request carries content no guardrail can read "
                 f"({kinds}) and guardrails.input.unscannable is block",
             )
+        if type(rt.guardrails) is NoGuardrails:
+            return  # nothing configured: no await, no decision
         try:
             verdict = await rt.guardrails.check_input(ex)
         except Exception as e:
             verdict = self._guardrail_failed(rt, rec, "input", e)
         if verdict.counts:
             rec.count_findings("input", verdict.counts)
-        if verdict.blocked or verdict.findings:
+        if verdict.verdict is Verdict.REVIEW:  # held until a person decides (review.py)
+            verdict = await review.hold(
+                self.reviewer, rt, rec, ex, verdict, gone=_gone(request) if request else None
+            )
+        self._guard_verdict(rec, rt, verdict, "blocked")
+
+    def _stored_response(
+        self, rt: Runtime, rec: RequestRecord, ex: Exchange, principal: identity.Principal
+    ) -> StoredResponse:
+        """``GET``/``DELETE /responses/{id}`` name no model. The rule: they are served only for
+        responses created through this sidecar, which remembers the provider that holds each
+        and the model the client asked for (:class:`~aiguard_sidecar.routing.StoredResponses`);
+        only to the end user who created it when that request carried one; and only while the
+        access rules still grant the caller the ``responses`` operation on that model and its
+        route still lists that provider (checked by the caller). Any other id is not forwarded
+        anywhere: 404 (default deny)."""
+        rid = ex.resource_id or ""
+        entry = self.stored.get(rid)
+        if entry is None:
+            raise ProxyError(
+                ErrorKind.NOT_FOUND,
+                f"aiguard policy {rt.name}: response {_short(rid)!r} was not created through "
+                "this sidecar since it started, so no provider or model access rule can be "
+                "determined for it",
+                code="response_not_found",
+                param="response_id",
+            )
+        ex.model = entry.model
+        rec.model_requested = entry.model
+        if entry.user is not None and principal.user != entry.user:
             self._decide(
                 rec,
                 rt,
                 Decision(
-                    "guardrail",
-                    not verdict.blocked,
-                    verdict.rule,
-                    verdict.reason,
-                    enforced=rt.enforce or not verdict.blocked,
+                    "access",
+                    False,
+                    "spec.access.rules",
+                    "stored responses are served only to the user who created them",
+                    enforced=rt.enforce,
                 ),
-                ErrorKind.INVALID_REQUEST,
-                "guardrail_blocked",
-                f"aiguard policy {rt.name}: blocked by {verdict.rule or 'a guardrail'}"
-                + (f": {verdict.reason}" if verdict.reason else ""),
+                ErrorKind.PERMISSION,
+                "access_denied",
+                f"aiguard policy {rt.name}: response {_short(rid)!r} was created by another user",
             )
+        return entry
+
+    def _track_stored(self, rec: RequestRecord, ex: Exchange) -> None:
+        """Remember a stored response this request created; forget one it deleted."""
+        if rec.outcome != "ok" or not 200 <= rec.status < 300 or rec.provider is None:
+            return
+        if ex.api is Api.RESPONSES and rec.response_id:
+            if ex.body is not None and ex.body.get("store") is False:
+                return  # not stored by the provider: nothing to retrieve later
+            user = rec.principal.user if rec.principal is not None else None
+            self.stored.remember(rec.response_id, StoredResponse(rec.provider, ex.model, user))
+        elif ex.api is Api.RESPONSE_DELETE and ex.resource_id:
+            self.stored.forget(ex.resource_id)
+
+    def _guard_verdict(
+        self, rec: RequestRecord, rt: Runtime, verdict: GuardDecision, what: str
+    ) -> None:
+        """Record a guardrail verdict that found something; raise its block when the policy
+        enforces. ``what`` begins the message (``blocked``, ``the response was blocked``)."""
+        if not (verdict.blocked or verdict.findings):
+            return
+        self._decide(
+            rec,
+            rt,
+            Decision(
+                "guardrail",
+                not verdict.blocked,
+                verdict.rule,
+                verdict.reason,
+                enforced=rt.enforce or not verdict.blocked,
+            ),
+            ErrorKind.INVALID_REQUEST,
+            "guardrail_blocked",
+            f"aiguard policy {rt.name}: {what} by {verdict.rule or 'a guardrail'}"
+            + (f": {verdict.reason}" if verdict.reason else ""),
+        )
 
     def _guardrail_failed(
         self, rt: Runtime, rec: RequestRecord, side: str, error: Exception
@@ -606,28 +706,16 @@ class Pipeline:
             info = inbound.parse_response(ex, body)
             self._record_response(rec, info)
             try:
-                verdict = await rt.guardrails.check_output(ex, info)
+                verdict = (
+                    ALLOW
+                    if type(rt.guardrails) is NoGuardrails
+                    else await rt.guardrails.check_output(ex, info)
+                )
             except Exception as e:
                 verdict = self._guardrail_failed(rt, rec, "output", e)
             if verdict.counts:
                 rec.count_findings("output", verdict.counts)
-            if verdict.blocked or verdict.findings:
-                self._decide(
-                    rec,
-                    rt,
-                    Decision(
-                        "guardrail",
-                        not verdict.blocked,
-                        verdict.rule,
-                        verdict.reason,
-                        enforced=rt.enforce or not verdict.blocked,
-                    ),
-                    ErrorKind.INVALID_REQUEST,
-                    "guardrail_blocked",
-                    f"aiguard policy {rt.name}: the response was blocked by "
-                    f"{verdict.rule or 'a guardrail'}"
-                    + (f": {verdict.reason}" if verdict.reason else ""),
-                )
+            self._guard_verdict(rec, rt, verdict, "the response was blocked")
             if info.modified and info.doc is not None and rt.enforce:
                 body = dumps(info.doc)
         elif status >= 400:
@@ -657,6 +745,9 @@ class Pipeline:
         raises :class:`_AttemptFailed` (the next target may be tried); after it, never."""
         guard = rt.guardrails.output_stream(ex)
         rec.status = resp.status
+        begin = getattr(self.audit, "begin", None)  # in-flight journal (audit/spool.py)
+        if begin is not None:
+            begin(rec)
         try:
             return await self._pump(request, rt, rec, ex, inbound, resp, start, guard)
         except BaseException:
@@ -705,6 +796,10 @@ class Pipeline:
                     event = parser.feed(block)
                     if event.action is EventAction.DROP:
                         continue
+                    if event.deltas and rec.ttft_seconds is None:
+                        # The first token from the provider (gen_ai.server.*), also when the
+                        # output guardrails hold it back from the client for a while.
+                        rec.ttft_seconds = loop.time() - start
                     if guard is not None:
                         verdict = guard.on_event(event)
                         if verdict.counts:
@@ -720,8 +815,6 @@ class Pipeline:
                         if verdict.blocked:
                             blocked = self._stream_block(rec, rt, verdict.rule, verdict.reason)
                             break
-                    if event.deltas and rec.ttft_seconds is None:
-                        rec.ttft_seconds = loop.time() - start
                     # The terminal event ([DONE], message_stop, response.completed) waits for
                     # the audit event: a client never sees a complete stream whose event
                     # was not written (fail-closed ends it with an error event instead).
@@ -856,6 +949,7 @@ class Pipeline:
         (raised); for a stream already started the error is returned, and the caller ends
         the stream with it as an error event."""
         rec.latency_seconds = asyncio.get_running_loop().time() - rec.started_mono
+        rec.model_drift = self.drift.observe(rec)
         try:
             await self.audit.emit(rec)
         except AuditUnavailable as e:
@@ -896,6 +990,8 @@ class Pipeline:
             decision = "error"
         m.child(m.requests, decision, code).inc()
         m.overhead.observe(max(0.0, latency - rec.upstream_seconds))
+        if rec.findings:
+            m.count_findings(rec.findings)
         if rec.provider is None or rec.operation is None:
             return
         prov = rt.providers.get(rec.provider)
@@ -945,6 +1041,29 @@ def _too_large(limit: int) -> ProxyError:
         code="body_too_large",
         rule="guardrails.input.validation.maxBodyBytes",
     )
+
+
+def _holding(
+    rt: Runtime, route: CompiledRoute, stored: StoredResponse, ex: Exchange
+) -> CompiledRoute:
+    """``route`` narrowed to the provider that holds a stored response (no failover: no other
+    provider has it); 404 when the route no longer lists that provider."""
+    targets = tuple(t for t in route.targets if t.provider == stored.provider)
+    if not targets:
+        raise ProxyError(
+            ErrorKind.NOT_FOUND,
+            f"aiguard policy {rt.name}: route {route.name!r} no longer sends model "
+            f"{_short(ex.model)!r} to provider {stored.provider!r}, which holds response "
+            f"{_short(ex.resource_id or '')!r}",
+            code="model_not_routed",
+            rule=f"routes[{route.name}]",
+        )
+    return dataclasses.replace(route, targets=targets[:1])
+
+
+def _gone(request: web.Request) -> Callable[[], bool]:
+    """True once the client's connection is closed (a held request then goes no further)."""
+    return lambda: request.transport is None or request.transport.is_closing()
 
 
 async def _write(out: web.StreamResponse, data: bytes) -> None:

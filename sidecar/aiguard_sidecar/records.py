@@ -56,6 +56,9 @@ class RequestRecord:
     model_target: str | None = None  # the model asked of that provider
     model_served: str | None = None
     system_fingerprint: str | None = None
+    model_drift: dict[str, str | None] | None = None
+    """``aiguard.model.drift``: the previous served model/fingerprint when this response
+    showed a change for its route (``drift.py``); None otherwise."""
     response_id: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None

@@ -15,6 +15,8 @@
   breaker is open, stops at ``maxAttempts``, when the budget is spent, or on a failure kind not
   listed in ``failoverOn``. Once a streamed response has sent a byte to the client the caller
   stops asking it for targets.
+* :class:`StoredResponses` — which provider holds a stored Responses API response, for
+  ``GET``/``DELETE /responses/{id}``, which name no model (see ``pipeline.py``).
 
 Everything here is pure state plus an injectable clock: no I/O.
 """
@@ -26,7 +28,7 @@ import fnmatch
 import math
 import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -366,3 +368,46 @@ class AttemptPlan:
         if not self._skipped_open:
             return None
         return min(b.retry_after() for b in self._skipped_open)
+
+
+# ── stored responses ─────────────────────────────────────────────────────────────────────────
+
+STORED_RESPONSES: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """What the sidecar learnt when a Responses API response was created through it."""
+
+    provider: str  # the provider that answered (the only one that holds the response)
+    model: str  # the model the client asked for: access rules and routes are checked on it
+    user: str | None  # the verified end user who created it, if any
+
+
+class StoredResponses:
+    """Response id → :class:`StoredResponse`, most recent :data:`STORED_RESPONSES` kept.
+
+    A response id names no model, so retrieving or deleting one cannot be routed or checked
+    against the access rules by itself. The sidecar remembers, per process, the responses
+    created through it; ids it does not know are refused (default deny), as is an id created
+    by another end user. Process memory only: after a restart older ids are unknown.
+    """
+
+    def __init__(self, limit: int = STORED_RESPONSES) -> None:
+        self._limit = limit
+        self._entries: OrderedDict[str, StoredResponse] = OrderedDict()
+
+    def remember(self, response_id: str, entry: StoredResponse) -> None:
+        self._entries[response_id] = entry
+        self._entries.move_to_end(response_id)
+        while len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+
+    def get(self, response_id: str) -> StoredResponse | None:
+        return self._entries.get(response_id)
+
+    def forget(self, response_id: str) -> None:
+        self._entries.pop(response_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

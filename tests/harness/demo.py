@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import csv
 import json
 import os
 import shutil
@@ -412,6 +413,54 @@ def collector_events(operator: DevOperator, token: str) -> list[dict[str, Any]]:
     return events
 
 
+def kubectl_aiguard(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "kubectl-aiguard"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def write_evidence(cluster: LocalCluster, operator: DevOperator, token: str, started: str) -> Path:
+    """``kubectl aiguard evidence`` over the demo's period: the SOC 2 bundle, verified."""
+    out = WORK / "evidence"
+    shutil.rmtree(out, ignore_errors=True)
+    token_file = WORK / "auditor.token"
+    token_file.write_text(token)
+    try:
+        result = kubectl_aiguard(
+            "evidence",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--from",
+            started,
+            "--out",
+            str(out),
+            "--collector",
+            operator.collector_url,
+            "--token-file",
+            str(token_file),
+            "--ca-file",
+            str(operator.collector_ca),
+            "--namespace",
+            NAMESPACE,
+        )
+    finally:
+        token_file.unlink()
+    if result.returncode != 0:
+        raise RuntimeError(f"kubectl aiguard evidence failed: {result.stderr[-2000:]}")
+    print(f"   $ kubectl aiguard evidence --from {started} --out {out} --namespace {NAMESPACE} ...")
+    with (out / "controls.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            print(f"     {row['id']:<8} {row['status']:<10} {row['title']}")
+    checked = kubectl_aiguard("evidence", "--verify", str(out))
+    show((checked.stdout + checked.stderr).strip(), indent="     ")
+    if checked.returncode != 0:
+        raise RuntimeError("the evidence bundle does not verify")
+    return out
+
+
 def show_audit_trail(operator: DevOperator, token: str, sent: int) -> None:
     """Wait for every request's event at the collector; print the trail and verify it."""
     events = wait_for(
@@ -464,6 +513,8 @@ def show_audit_trail(operator: DevOperator, token: str, sent: int) -> None:
 def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     started = time.monotonic()
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    bundle: Path | None = None
     step("1. Local control plane + operator")
     try:
         with control_plane() as (cluster, operator):
@@ -495,7 +546,10 @@ def main() -> int:
                     step("6. Metrics (the sidecar's /metrics)")
                     show_metrics(admin)
                     step("7. The audit trail at the collector")
-                    show_audit_trail(operator, auditor_token(cluster), sent)
+                    token = auditor_token(cluster)
+                    show_audit_trail(operator, token, sent)
+                    step("8. SOC 2 evidence for the demo's period")
+                    bundle = write_evidence(cluster, operator, token, started_at)
                 finally:
                     if proc is not None:
                         proc.send_signal(signal.SIGTERM)
@@ -505,6 +559,8 @@ def main() -> int:
         print("\ninterrupted; everything started has been stopped", file=sys.stderr)
         return 130
     step(f"done in {time.monotonic() - started:.0f}s; everything stopped")
+    if bundle is not None:
+        print(f"   evidence bundle: {bundle}/index.html (open it in a browser), report.md, *.csv")
     return 0
 
 

@@ -135,6 +135,22 @@ async def apply_cluster_objects(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"CRD {doc['metadata']['name']} not Established")
                 await asyncio.sleep(0.2)
+        # Established is not yet served: a new resource answers 404, then 429 ("storage is
+        # (re)initializing") for a moment. Wait until a list of each one succeeds.
+        for doc in crds:
+            spec = doc["spec"]
+            version = next(v["name"] for v in spec["versions"] if v.get("storage"))
+            collection = kube.path(
+                group=spec["group"], version=version, plural=spec["names"]["plural"]
+            )
+            while True:
+                try:
+                    await api.request("GET", collection, params={"limit": "1"})
+                    break
+                except kube.ApiError as e:
+                    if e.status not in (404, 429) or time.monotonic() > deadline:
+                        raise
+                await asyncio.sleep(0.2)
         for doc in others:
             await apply(doc)
 

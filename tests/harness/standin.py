@@ -19,6 +19,8 @@ Endpoints::
     POST /openai/responses                          Azure OpenAI (``api-version`` required)
     POST /openai/v1/{chat/completions,responses,embeddings}, GET /openai/v1/models
                                                     Azure OpenAI v1 API (no ``api-version``)
+    GET|DELETE /v1/responses/{id}, /openai/responses/{id} (``api-version``),
+               /openai/v1/responses/{id}            stored Responses API responses
 
 Replies are deterministic: ``"echo: <last user text>"`` unless a scripted reply is set; usage is
 counted in whitespace-separated words. Every request is recorded in ``ProviderStandIn.requests``.
@@ -85,7 +87,15 @@ HOST = "127.0.0.1"
 
 Provider = Literal["openai", "azure", "anthropic"]
 Operation = Literal[
-    "chat", "responses", "embeddings", "models", "model", "messages", "count_tokens", "unknown"
+    "chat",
+    "responses",
+    "response",
+    "embeddings",
+    "models",
+    "model",
+    "messages",
+    "count_tokens",
+    "unknown",
 ]
 FaultKind = Literal[
     "http",
@@ -488,6 +498,8 @@ def _route(
 _ROUTES: tuple[_Route, ...] = (
     _route("POST", r"/v1/chat/completions", "openai", "chat"),
     _route("POST", r"/v1/responses", "openai", "responses"),
+    _route("GET", r"/v1/responses/(?P<response_id>[^/]+)", "openai", "response"),
+    _route("DELETE", r"/v1/responses/(?P<response_id>[^/]+)", "openai", "response"),
     _route("POST", r"/v1/embeddings", "openai", "embeddings"),
     _route("GET", r"/v1/models", None, "models"),
     _route("GET", r"/v1/models/(?P<model>[^/]+)", None, "model"),
@@ -508,6 +520,18 @@ _ROUTES: tuple[_Route, ...] = (
         api_version=True,
     ),
     _route("POST", r"/openai/responses", "azure", "responses", api_version=True),
+    _route(
+        "GET", r"/openai/responses/(?P<response_id>[^/]+)", "azure", "response", api_version=True
+    ),
+    _route(
+        "DELETE",
+        r"/openai/responses/(?P<response_id>[^/]+)",
+        "azure",
+        "response",
+        api_version=True,
+    ),
+    _route("GET", r"/openai/v1/responses/(?P<response_id>[^/]+)", "azure", "response"),
+    _route("DELETE", r"/openai/v1/responses/(?P<response_id>[^/]+)", "azure", "response"),
     _route("GET", r"/openai/models", "azure", "models", api_version=True),
     _route("POST", r"/openai/v1/chat/completions", "azure", "chat"),
     _route("POST", r"/openai/v1/responses", "azure", "responses"),
@@ -618,6 +642,8 @@ class ProviderStandIn:
         self.reject_unknown_models = reject_unknown_models
         self.embedding_dimensions = embedding_dimensions
         self.requests: list[RecordedRequest] = []
+        self.stored_responses: dict[str, dict[str, Any]] = {}
+        """Responses API responses created with ``store`` (not false), by id."""
         self._initial_config = self._config()
 
         self._lock = threading.Lock()
@@ -744,6 +770,7 @@ class ProviderStandIn:
         (for a stand-in shared between tests)."""
         self.clear_faults()
         self.clear_requests()
+        self.stored_responses.clear()
         for name, value in self._initial_config.items():
             setattr(self, name, copy.copy(value))
 
@@ -914,7 +941,19 @@ class ProviderStandIn:
             return self._chat(ex)
         if operation == "responses":
             return self._responses(ex)
+        if operation == "response":
+            return self._stored_response(ex)
         return self._messages(ex)
+
+    def _stored_response(self, ex: _Exchange) -> dict[str, Any]:
+        rid = ex.match.group("response_id") if ex.match else ""
+        found = self.stored_responses.get(rid)
+        if found is None:
+            raise _HttpError(404, f"Response with id '{rid}' not found.")
+        if ex.request.method == "DELETE":
+            del self.stored_responses[rid]
+            return {"id": rid, "object": "response", "deleted": True}
+        return found
 
     # auth and validation ───────────────────────────────────────────────────────────────────────
 
@@ -1174,8 +1213,11 @@ class ProviderStandIn:
             "role": "assistant",
             "content": [part],
         }
+        final = response(final_status, [item], usage=True)
+        if body.get("store") is not False:
+            self.stored_responses[final["id"]] = final
         if not ex.record.stream:
-            return response(final_status, [item], usage=True)
+            return final
 
         counter = iter(range(1_000_000))
 

@@ -1,16 +1,13 @@
 """Operator fixtures for the integration tests.
 
-``operator``: aiguard-operator as a subprocess against the session's control plane, started
-once per session (~5 s) with its admission webhook registered by URL on 127.0.0.1 and
-verified to reject an invalid AIPolicy before the first test runs. Its log is
-``<tmp>/operator*/operator.log``; a failing wait prints its tail.
+``operator`` (aiguard-operator against the session's control plane) is in tests/conftest.py,
+shared with tests/observability.
 
 ``policy_namespace``: a fresh namespace holding the Secrets of ``examples/policies``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +17,6 @@ from tests.harness.devoperator import DevOperator
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "policies"
 SECRETS_FILE = EXAMPLES / "secrets.example.yaml"
-
-
-@pytest.fixture(scope="session")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevOperator]:
-    with DevOperator(cluster, tmp_path_factory.mktemp("operator")) as running:
-        yield running
 
 
 @pytest.fixture

@@ -84,3 +84,16 @@ def test_every_request_has_one_event_in_a_verified_chain(demo_output: str) -> No
     assert events == requests == 6
     assert f"verified {events} events in 1 chain(s): OK" in demo_output
     assert "hmac-sha256:" in demo_output  # keyed content hashes, never the content
+
+
+def test_the_demo_ends_with_a_verified_evidence_bundle_covering_every_criterion(
+    demo_output: str,
+) -> None:
+    criteria = ["CC6.1", "CC6.6", "CC6.7", "CC7.2", "CC7.3", "CC8.1", "A1.1", "A1.2"]
+    criteria += ["PI1.1", "PI1.4", "C1.1", "C1.2", "P4.1", "P6.1"]
+    section = demo_output[demo_output.index("8. SOC 2 evidence") :]
+    for criterion in criteria:
+        assert re.search(rf"(?m)^\s+{re.escape(criterion)}\s+(pass|attention|no-data)\s", section)
+    assert "every file matches manifest.json" in section
+    bundle = re.search(r"evidence bundle: (\S+)/index\.html", demo_output)
+    assert bundle is not None

@@ -179,6 +179,22 @@ def test_malformed_fields_are_rejected(key: str, value: Any) -> None:
         audit.AuditEvent.model_validate(event)
 
 
+def test_model_drift_is_optional_null_or_the_previous_model_and_fingerprint() -> None:
+    event = chain(1)[0]
+    assert audit.MODEL_DRIFT not in event  # events written before the field existed
+    assert audit.AuditEvent.model_validate(event).model_drift is None
+    event[audit.MODEL_DRIFT] = None
+    assert audit.AuditEvent.model_validate(event).model_drift is None
+    event[audit.MODEL_DRIFT] = {"previous_model": "gpt-4o-2024-08-06", "previous_fingerprint": None}
+    drift = audit.AuditEvent.model_validate(event).model_drift
+    assert drift is not None
+    assert drift.previous_model == "gpt-4o-2024-08-06"
+    assert drift.previous_fingerprint is None
+    event[audit.MODEL_DRIFT] = {"previous_model": 4}
+    with pytest.raises(pydantic.ValidationError):
+        audit.AuditEvent.model_validate(event)
+
+
 def test_hash_covers_everything_but_itself_and_ignores_key_order() -> None:
     event = chain(1)[0]
     reordered = dict(reversed(list(event.items())))

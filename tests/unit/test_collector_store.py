@@ -17,6 +17,7 @@ import pytest
 
 from aiguard_api import audit
 from aiguard_operator.collector import retention
+from aiguard_operator.collector.capture import CaptureCipher
 from aiguard_operator.collector.postgres import PostgresStore
 from aiguard_operator.collector.server import verify_stored
 from aiguard_operator.collector.store import (
@@ -171,3 +172,58 @@ async def test_retention_purges_a_recorded_prefix_and_the_rest_still_verifies(
     listed = await store.purges(PurgeQuery(namespace="team-a", policy="test-policy"))
     assert [r.id for r in listed] == [rec.id, next(r.id for r in again if r.policy == rec.policy)]
     assert listed[0] == rec
+
+
+# --------------------------------------------------------------------------- captured content
+
+
+async def test_captures_are_stored_with_new_events_only_and_purged_sooner(store: Store) -> None:
+    cipher = CaptureCipher([bytes(range(32))])
+    now = time.time()
+    events = chain(4, t0=now - 10 * DAY, step=DAY)  # 10, 9, 8 and 7 days old
+
+    def sealed(e: dict[str, Any], text: str) -> Ingest:
+        (row,) = ingest([e])
+        box = cipher.seal(
+            {"input": [["user", text]]},
+            event_id=e["id"],
+            namespace=row.namespace,
+            policy=row.policy,
+        )
+        return dataclasses.replace(row, capture=box)
+
+    rows = [sealed(e, f"prompt {i}") for i, e in enumerate(events)]
+    await store.insert(rows[:2], received_us=1)
+    # A resend carries a capture again: the stored one is not replaced, none is added.
+    resend = [sealed(events[0], "something else"), *rows[2:]]
+    r = await store.insert(resend, received_us=2)
+    assert (r.accepted, r.duplicates) == (2, 1)
+
+    first = await store.capture(events[0]["id"])
+    assert first is not None
+    assert cipher.open(
+        first.sealed, event_id=first.id, namespace=first.namespace, policy=first.policy
+    ) == {"input": [["user", "prompt 0"]]}
+
+    async def lookup() -> dict[tuple[str, str], retention.Retention]:
+        return {("team-a", "test-policy"): retention.Retention(days=30, capture_days=8)}
+
+    (rec,) = await retention.run_purge(store, lookup, now=now)
+    # Captures older than 8 days go (events 0 and 1, 10 and 9 days old); all events stay.
+    assert (rec.count, rec.captures, rec.capture_retention_days) == (0, 2, 8)
+    assert rec.capture_cutoff == audit.format_time(now - 8 * DAY)
+    assert await store.capture(events[0]["id"]) is None
+    assert await store.capture(events[1]["id"]) is None
+    assert await store.capture(events[2]["id"]) is not None
+    info = await store.chain(events[0]["instance"])
+    assert info is not None
+    assert info.events == 4
+    assert await verify_stored(store, info) == []
+
+    # When the events themselves go, their captures go with them.
+    async def short() -> dict[tuple[str, str], retention.Retention]:
+        return {("team-a", "test-policy"): retention.Retention(days=5, capture_days=5)}
+
+    (rec,) = await retention.run_purge(store, short, now=now)
+    assert (rec.count, rec.captures) == (4, 2)
+    assert await store.capture(events[3]["id"]) is None

@@ -367,3 +367,30 @@ def test_fast_tokeniser_equals_the_regex_definition(text: str) -> None:
     if any(len(p) > 3 for p in punct):
         punct = {p[:3] for p in punct}
     assert textnorm.tokenize(text) == (words, punct)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hello",
+        "Hello!",
+        "hello there",
+        "thank you!",
+        # Addresses are one word to the classifier (textnorm.tokenize): attack corpora are full
+        # of jane.doe@example.com, which made ordinary requests naming a person look hostile.
+        "Email jane.doe@example.com about order 7",
+        "Please forward the invoice to billing@acme.example",
+        "See https://docs.python.org/3/library/json.html for the API",
+    ],
+)
+def test_greetings_and_requests_naming_an_address_are_not_injections(text: str) -> None:
+    assert injection.score_text(text).score < 0.5
+
+
+def test_a_single_known_word_does_not_decide_a_short_message() -> None:
+    # linear.NORM_FLOOR: "hello" opens many jailbreak prompts; alone it is not one.
+    model = linear.load("injection")
+    assert model.norm_floor == linear.NORM_FLOOR
+    words, punct = textnorm.tokenize("hello")
+    alone = model.logits(words, punct)[0]
+    assert alone - model.bias[0] < (model.weights("hello") or (0.0,))[0]

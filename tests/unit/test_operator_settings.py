@@ -218,3 +218,10 @@ def test_replicas_share_generated_certificates_through_a_secret_in_their_namespa
     settings = from_env({**env, "AIGUARD_OPERATOR_NAMESPACE": "aiguard-system"})
     assert settings.webhook.cert_secret == "aiguard-webhook-certs"
     assert from_env({}).webhook.cert_secret is None
+
+
+def test_ha_replicas_can_draw_distinct_peering_priorities() -> None:
+    drawn = {from_env({"AIGUARD_PEERING_PRIORITY": "random"}).peering_priority for _ in range(20)}
+    assert len(drawn) > 1
+    assert all(1 <= p < 2**31 - 1 for p in drawn)
+    assert from_env({"AIGUARD_PEERING_PRIORITY": "7"}).peering_priority == 7

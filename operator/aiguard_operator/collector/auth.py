@@ -172,16 +172,23 @@ class Authenticator:
 
     # ── SubjectAccessReview ──────────────────────────────────────────────────────────────────
 
-    async def authorize(self, who: Identity, *, verb: str, namespace: str | None) -> None:
-        """Raise :class:`AuthError` 403 unless ``who`` may ``verb`` ``aipolicies/audit`` in
-        ``namespace`` (None: cluster-wide)."""
-        key = (who.username, who.uid, verb, namespace or "")
+    async def authorize(
+        self,
+        who: Identity,
+        *,
+        verb: str,
+        namespace: str | None,
+        subresource: str = SUBRESOURCE,
+    ) -> None:
+        """Raise :class:`AuthError` 403 unless ``who`` may ``verb`` ``aipolicies/<subresource>``
+        (``audit``; ``capture`` for captured content) in ``namespace`` (None: cluster-wide)."""
+        key = (who.username, who.uid, verb, namespace or "", subresource)
         now = time.monotonic()
         hit = self._sar_cache.get(key)
         if hit is not None and hit[0] > now:
             allowed = hit[1]
         else:
-            allowed = await self._access_review(who, verb, namespace)
+            allowed = await self._access_review(who, verb, namespace, subresource)
             self._sar_cache[key] = (now + (self.ttl if allowed else self.negative_ttl), allowed)
             while len(self._sar_cache) > MAX_CACHE:
                 self._sar_cache.popitem(last=False)
@@ -189,15 +196,17 @@ class Authenticator:
             where = f"in namespace {namespace}" if namespace else "cluster-wide"
             raise AuthError(
                 403,
-                f"{who.username} may not {verb} {constants.PLURAL_POLICY}/{SUBRESOURCE} "
+                f"{who.username} may not {verb} {constants.PLURAL_POLICY}/{subresource} "
                 f"({constants.API_GROUP}) {where}",
             )
 
-    async def _access_review(self, who: Identity, verb: str, namespace: str | None) -> bool:
+    async def _access_review(
+        self, who: Identity, verb: str, namespace: str | None, subresource: str = SUBRESOURCE
+    ) -> bool:
         attrs: dict[str, Any] = {
             "group": constants.API_GROUP,
             "resource": constants.PLURAL_POLICY,
-            "subresource": SUBRESOURCE,
+            "subresource": subresource,
             "verb": verb,
         }
         if namespace:

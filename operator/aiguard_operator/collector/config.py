@@ -18,6 +18,9 @@ AIGUARD_COLLECTOR_QUERY_AUTH               rbac: readers need get on aipolicies/
                                            none: no check (local development only)
 AIGUARD_COLLECTOR_PURGE_INTERVAL_SECONDS   how often retention runs (3600)
 AIGUARD_COLLECTOR_TOKEN_CACHE_SECONDS      TokenReview results are reused this long (30)
+AIGUARD_COLLECTOR_CAPTURE_KEY_FILE         base64 AES-256 keys, one per line, the first
+                                           encrypting (see collector/capture.py); unset:
+                                           captured content is dropped, never stored
 =========================================  =============================================
 """
 
@@ -53,6 +56,7 @@ class CollectorSettings:
     purge_interval: float = 3600.0
     """Seconds between retention runs; the first runs one interval after the start."""
     token_cache_seconds: float = 30.0
+    capture_key_file: Path | None = None
 
 
 def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
@@ -86,4 +90,7 @@ def from_env(env: Mapping[str, str] | None = None) -> CollectorSettings:
         query_auth="none" if auth == "none" else "rbac",
         purge_interval=_float(env, "AIGUARD_COLLECTOR_PURGE_INTERVAL_SECONDS", 3600, 1, 86400),
         token_cache_seconds=_float(env, "AIGUARD_COLLECTOR_TOKEN_CACHE_SECONDS", 30, 0, 3600),
+        capture_key_file=Path(key)
+        if (key := env.get("AIGUARD_COLLECTOR_CAPTURE_KEY_FILE", "").strip())
+        else None,
     )

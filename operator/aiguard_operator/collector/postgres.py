@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from aiguard_api import audit
+from aiguard_operator.collector.capture import Sealed
 from aiguard_operator.collector.store import (
     MAX_PAGE,
     ChainInfo,
@@ -21,6 +22,7 @@ from aiguard_operator.collector.store import (
     InsertResult,
     PurgeQuery,
     PurgeRequest,
+    StoredCapture,
     decode_cursor,
     encode_cursor,
     purge_record,
@@ -73,6 +75,19 @@ CREATE TABLE IF NOT EXISTS starts (
     prev_hash TEXT NOT NULL,
     purge_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS captures (
+    id TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    sequence BIGINT NOT NULL,
+    time_us BIGINT NOT NULL,
+    namespace TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    nonce BYTEA NOT NULL,
+    ciphertext BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS captures_group ON captures (namespace, policy, time_us);
+CREATE INDEX IF NOT EXISTS captures_chain ON captures (instance, sequence);
 """
 
 
@@ -116,6 +131,21 @@ class PostgresStore:
                 )
                 if inserted:
                     result.accepted += 1
+                    if e.capture is not None:
+                        await con.execute(
+                            "INSERT INTO captures (id, instance, sequence, time_us, namespace, "
+                            "policy, key_id, nonce, ciphertext) "
+                            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                            e.id,
+                            e.instance,
+                            e.sequence,
+                            e.time_us,
+                            e.namespace,
+                            e.policy,
+                            e.capture.key_id,
+                            e.capture.nonce,
+                            e.capture.ciphertext,
+                        )
                     head = heads.get(e.instance)
                     if head is None or e.sequence > head.sequence:
                         heads[e.instance] = e
@@ -234,9 +264,21 @@ class PostgresStore:
         cutoff_us = int(req.cutoff * 1e6)
         chains: list[audit.PurgedChain] = []
         total = 0
+        captures = 0
         oldest: int | None = None
         newest: int | None = None
         async with self._pool.acquire() as con, con.transaction():
+            capture_cutoff = req.capture_cutoff
+            if capture_cutoff is not None:
+                captures += _deleted(
+                    await con.execute(
+                        "DELETE FROM captures WHERE namespace = $1 AND policy = $2 "
+                        "AND time_us < $3",
+                        req.namespace,
+                        req.policy,
+                        int(capture_cutoff * 1e6),
+                    )
+                )
             instances = await con.fetch(
                 "SELECT DISTINCT instance FROM events "
                 "WHERE namespace = $1 AND policy = $2 AND time_us < $3 ORDER BY 1",
@@ -268,6 +310,11 @@ class PostgresStore:
                 await con.execute(
                     "DELETE FROM events WHERE instance = $1 AND sequence <= $2", inst, bound
                 )
+                captures += _deleted(
+                    await con.execute(
+                        "DELETE FROM captures WHERE instance = $1 AND sequence <= $2", inst, bound
+                    )
+                )
                 await con.execute(
                     "INSERT INTO starts (instance, sequence, prev_hash, purge_id) "
                     "VALUES ($1, $2, $3, $4) ON CONFLICT (instance) DO UPDATE SET "
@@ -297,6 +344,7 @@ class PostgresStore:
                 count=total,
                 oldest_us=oldest,
                 newest_us=newest,
+                captures=captures,
             )
             await con.execute(
                 "INSERT INTO purges (id, time_us, namespace, policy, record) "
@@ -327,3 +375,24 @@ class PostgresStore:
         )
         rows = await self._pool.fetch(sql + f" ORDER BY time_us, id LIMIT ${len(args)}", *args)
         return [audit.PurgeRecord.model_validate_json(r[0]) for r in rows]
+
+    async def capture(self, event_id: str) -> StoredCapture | None:
+        row = await self._pool.fetchrow(
+            "SELECT id, namespace, policy, time_us, key_id, nonce, ciphertext FROM captures "
+            "WHERE id = $1",
+            event_id,
+        )
+        if row is None:
+            return None
+        return StoredCapture(
+            str(row[0]),
+            str(row[1]),
+            str(row[2]),
+            int(row[3]),
+            Sealed(str(row[4]), bytes(row[5]), bytes(row[6])),
+        )
+
+
+def _deleted(status: str) -> int:
+    """Rows a DELETE removed, from asyncpg's status string (``DELETE 3``)."""
+    return int(status.rsplit(" ", 1)[-1])

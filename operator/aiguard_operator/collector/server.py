@@ -14,6 +14,12 @@ Endpoints (JSON; times RFC 3339; see :mod:`aiguard_operator.collector` for examp
                                     "problems": [...]}} (instance URL-encoded: ns/pod/boot)
     GET  /v1/purges                 ?namespace=&policy=&from=&to= → {"purges": [record, ...]}
     POST /v1/purges                 run retention now → {"purges": [records of this run]}
+    POST /v1/approvals              sidecars: hold a request for human review → AIIncident
+    GET  /v1/approvals/{ns}/{name}  ?wait=(≤60) long-poll: approved | denied | pending-approval
+                                    (see :mod:`aiguard_operator.approvals`)
+    GET  /v1/captures/{id}          ?namespace= (required) → the decrypted content capture of
+                                    one event (readers need get on aipolicies/capture; every
+                                    read is logged with the reader)
     GET  /healthz                   → ok
 
 Authentication and authorisation: :mod:`aiguard_operator.collector.auth`. Handlers stay thin:
@@ -37,8 +43,9 @@ import pydantic
 from aiohttp import web
 
 from aiguard_api import audit
-from aiguard_operator import kube
-from aiguard_operator.collector import auth, retention
+from aiguard_operator import approvals, kube
+from aiguard_operator.collector import auth, capture, retention
+from aiguard_operator.collector.capture import CaptureCipher, Sealed
 from aiguard_operator.collector.config import CollectorSettings
 from aiguard_operator.collector.store import (
     MAX_PAGE,
@@ -49,6 +56,7 @@ from aiguard_operator.collector.store import (
     SQLiteStore,
     Store,
 )
+from aiguard_operator.incidents import manager as incidents
 
 log = logging.getLogger("aiguard.collector")
 
@@ -63,6 +71,10 @@ class Deps:
     """None: no authentication at all (unit tests of the HTTP layer only)."""
     query_auth: bool
     retention: retention.RetentionLookup
+    on_stored: Callable[[list[Ingest]], None] | None = None
+    """Called with a batch that stored at least one new event (incidents): must not block."""
+    capture: CaptureCipher | None = None
+    """Encrypts captured content; None: captures are dropped, never stored in the clear."""
 
 
 DEPS: Final = web.AppKey("deps", Deps)
@@ -105,8 +117,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 # --------------------------------------------------------------------------- ingest
 
 
-def _validate(raw: bytes) -> list[Ingest]:
-    """Parse and validate a batch (worker thread). BadRequest names the first bad event."""
+def _validate(raw: bytes, cipher: CaptureCipher | None = None) -> list[Ingest]:
+    """Parse and validate a batch (worker thread). BadRequest names the first bad event.
+
+    A content capture (``aiguard.capture``) is taken out of its event before the event is
+    stored, checked against the event's ``aiguard.capture.hash`` and encrypted; one that does
+    not match, or arrives with no key configured, is dropped (and logged) while its event is
+    kept: the event is the evidence, the capture an attachment."""
     try:
         doc = json.loads(raw)
     except ValueError as e:
@@ -118,6 +135,14 @@ def _validate(raw: bytes) -> list[Ingest]:
         raise BadRequest(f"at most {audit.MAX_BATCH_EVENTS} events per request")
     out: list[Ingest] = []
     for i, event in enumerate(events):
+        content: Any = None
+        if isinstance(event, dict) and audit.CAPTURE in event:
+            try:
+                content = capture.check(event)
+            except capture.CaptureError as e:
+                log.warning(
+                    "content capture dropped", extra={"fields": {"event": i, "why": str(e)}}
+                )
         try:
             ev = audit.AuditEvent.model_validate(event)
         except pydantic.ValidationError as e:
@@ -139,9 +164,20 @@ def _validate(raw: bytes) -> list[Ingest]:
                 policy=ev.policy_name,
                 hash=ev.hash,
                 body=audit.canonical(event).decode(),
+                capture=_seal(cipher, content, ev) if content is not None else None,
             )
         )
     return out
+
+
+def _seal(cipher: CaptureCipher | None, content: Any, ev: audit.AuditEvent) -> Sealed | None:
+    if cipher is None:
+        log.warning(
+            "content capture dropped: no capture key (AIGUARD_COLLECTOR_CAPTURE_KEY_FILE)",
+            extra={"fields": {"event": ev.id, "policy": f"{ev.namespace}/{ev.policy_name}"}},
+        )
+        return None
+    return cipher.seal(content, event_id=ev.id, namespace=ev.namespace, policy=ev.policy_name)
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -152,7 +188,7 @@ async def post_events(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_BODY:
         return _error(413, f"at most {audit.MAX_BATCH_BYTES} bytes per request")
     raw = await request.read()
-    events = await asyncio.to_thread(_validate, raw)
+    events = await asyncio.to_thread(_validate, raw, deps.capture)
     if who is not None:
         for i, e in enumerate(events):
             why = auth.check_writer(who, e.namespace, e.service_account, e.pod)
@@ -169,6 +205,11 @@ async def post_events(request: web.Request) -> web.Response:
         resp = _error(503, "the audit store is unavailable; retry")
         resp.headers["Retry-After"] = "2"
         return resp
+    if result.accepted and deps.on_stored is not None:
+        try:  # hand-off to a bounded queue: incident work never fails or slows the ingest
+            deps.on_stored(events)
+        except Exception:
+            log.exception("incident hook failed; the events are stored")
     return _json(
         {
             "accepted": result.accepted,
@@ -305,6 +346,42 @@ async def post_purges(request: web.Request) -> web.Response:
     return _json({"purges": [r.model_dump(mode="json", by_alias=True) for r in records]})
 
 
+async def get_capture(request: web.Request) -> web.Response:
+    namespace = request.query.get("namespace") or ""
+    if not namespace:
+        raise BadRequest("namespace is required: captures are read per namespace")
+    deps = request.app[DEPS]
+    who: auth.Identity | None = None
+    if deps.auth is not None and deps.query_auth:
+        who = await deps.auth.identify(request.headers.get("Authorization"), writer=False)
+        await deps.auth.authorize(who, verb="get", namespace=namespace, subresource="capture")
+    event_id = request.match_info["id"]
+    stored = await deps.store.capture(event_id)
+    if stored is None or stored.namespace != namespace:
+        return _error(404, f"no captured content for event {event_id} in {namespace}")
+    if deps.capture is None:
+        return _error(503, "no capture key is configured: captured content cannot be read")
+    try:
+        content = deps.capture.open(
+            stored.sealed, event_id=stored.id, namespace=stored.namespace, policy=stored.policy
+        )
+    except capture.CaptureError as e:
+        return _error(500, str(e))
+    log.info(
+        "captured content read",
+        extra={"fields": {"reader": who.username if who else None, "event": event_id}},
+    )
+    return _json(
+        {
+            "id": stored.id,
+            "namespace": stored.namespace,
+            "policy": stored.policy,
+            "time": audit.format_time(stored.time_us / 1e6),
+            "capture": content,
+        }
+    )
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
@@ -318,6 +395,7 @@ def create_app(deps: Deps) -> web.Application:
     app.router.add_get("/v1/chains/{instance:.+}", get_chain)
     app.router.add_get("/v1/purges", get_purges)
     app.router.add_post("/v1/purges", post_purges)
+    app.router.add_get("/v1/captures/{id}", get_capture)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -349,8 +427,10 @@ class CollectorServer:
         self.auth = auth.Authenticator(
             api, audience=settings.audience, ttl=settings.token_cache_seconds
         )
+        inc = incidents.settings_from_env()
+        self.incidents = incidents.IncidentManager(api, self.store, inc) if inc.enabled else None
 
-        async def from_kube() -> dict[tuple[str, str], int]:
+        async def from_kube() -> dict[tuple[str, str], retention.Retention]:
             return await retention.kube_retention(api)
 
         self.app = create_app(
@@ -359,8 +439,15 @@ class CollectorServer:
                 auth=self.auth,
                 query_auth=settings.query_auth == "rbac",
                 retention=lookup or from_kube,
+                on_stored=self.incidents.submit if self.incidents else None,
+                capture=(
+                    CaptureCipher.from_file(settings.capture_key_file)
+                    if settings.capture_key_file
+                    else None
+                ),
             )
         )
+        self.approvals = approvals.install(self.app, api=api, authenticator=self.auth)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         self._task: asyncio.Task[None] | None = None
         self.port = 0
@@ -374,6 +461,8 @@ class CollectorServer:
     async def start(self) -> None:
         s = self.settings
         await self.store.open()
+        if self.incidents is not None:
+            await self.incidents.start()
         await self._runner.setup()
         ctx: ssl.SSLContext | None = None
         if s.cert_dir is not None:
@@ -399,6 +488,8 @@ class CollectorServer:
                 await self._task
             self._task = None
         await self._runner.cleanup()
+        if self.incidents is not None:
+            await self.incidents.stop()
         await self.store.close()
 
     async def purge_now(self) -> list[audit.PurgeRecord]:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from aiguard_api import audit
+from aiguard_operator.collector.capture import Sealed
 
 _T = TypeVar("_T")
 Order = Literal["time", "sequence"]
@@ -58,6 +59,19 @@ class Ingest:
     policy: str
     hash: str
     body: str
+    capture: Sealed | None = None
+    """The encrypted content capture that came with the event (stored only with it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCapture:
+    """A stored capture and what its associated data binds it to."""
+
+    id: str
+    namespace: str
+    policy: str
+    time_us: int
+    sealed: Sealed
 
 
 @dataclass(slots=True)
@@ -143,10 +157,17 @@ class PurgeRequest:
     retention_days: int
     rule: str
     now: float = field(default_factory=time.time)
+    capture_retention_days: int | None = None
+    """Captured content goes after this many days (None: with its events only)."""
 
     @property
     def cutoff(self) -> float:
         return self.now - self.retention_days * 86400.0
+
+    @property
+    def capture_cutoff(self) -> float | None:
+        days = self.capture_retention_days
+        return None if days is None else self.now - min(days, self.retention_days) * 86400.0
 
 
 class Store(Protocol):
@@ -171,6 +192,8 @@ class Store(Protocol):
     async def purge(self, req: PurgeRequest, *, purge_id: str) -> audit.PurgeRecord: ...
 
     async def purges(self, q: PurgeQuery) -> list[audit.PurgeRecord]: ...
+
+    async def capture(self, event_id: str) -> StoredCapture | None: ...
 
 
 # --------------------------------------------------------------------------- helpers
@@ -201,7 +224,9 @@ def purge_record(
     count: int,
     oldest_us: int | None,
     newest_us: int | None,
+    captures: int = 0,
 ) -> audit.PurgeRecord:
+    capture_cutoff = req.capture_cutoff
     return audit.PurgeRecord(
         id=purge_id,
         time=audit.format_time(req.now),
@@ -214,6 +239,13 @@ def purge_record(
         oldest=None if oldest_us is None else audit.format_time(oldest_us / 1e6),
         newest=None if newest_us is None else audit.format_time(newest_us / 1e6),
         chains=chains,
+        capture_retention_days=(
+            None
+            if req.capture_retention_days is None
+            else min(req.capture_retention_days, req.retention_days)
+        ),
+        capture_cutoff=None if capture_cutoff is None else audit.format_time(capture_cutoff),
+        captures=captures,
     )
 
 
@@ -266,6 +298,19 @@ CREATE TABLE IF NOT EXISTS starts (
     prev_hash TEXT NOT NULL,
     purge_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS captures (
+    id TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    time_us INTEGER NOT NULL,
+    namespace TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS captures_group ON captures (namespace, policy, time_us);
+CREATE INDEX IF NOT EXISTS captures_chain ON captures (instance, sequence);
 """
 
 
@@ -337,6 +382,25 @@ class SQLiteStore:
     async def purges(self, q: PurgeQuery) -> list[audit.PurgeRecord]:
         return await self._run(lambda db: _purges(db, q))
 
+    async def capture(self, event_id: str) -> StoredCapture | None:
+        def q(db: sqlite3.Connection) -> StoredCapture | None:
+            row = db.execute(
+                "SELECT id, namespace, policy, time_us, key_id, nonce, ciphertext FROM captures "
+                "WHERE id = ?",
+                (event_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return StoredCapture(
+                str(row[0]),
+                str(row[1]),
+                str(row[2]),
+                int(row[3]),
+                Sealed(str(row[4]), bytes(row[5]), bytes(row[6])),
+            )
+
+        return await self._run(q)
+
 
 class _Tx:
     """``with _Tx(db):`` — BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error."""
@@ -375,6 +439,22 @@ def _insert(db: sqlite3.Connection, events: Sequence[Ingest], received_us: int) 
             )
             if cur.rowcount == 1:
                 result.accepted += 1
+                if e.capture is not None:
+                    db.execute(
+                        "INSERT INTO captures (id, instance, sequence, time_us, namespace, "
+                        "policy, key_id, nonce, ciphertext) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            e.id,
+                            e.instance,
+                            e.sequence,
+                            e.time_us,
+                            e.namespace,
+                            e.policy,
+                            e.capture.key_id,
+                            e.capture.nonce,
+                            e.capture.ciphertext,
+                        ),
+                    )
             elif db.execute("SELECT 1 FROM events WHERE id = ?", (e.id,)).fetchone():
                 result.duplicates += 1
                 continue
@@ -490,9 +570,16 @@ def _purge(db: sqlite3.Connection, req: PurgeRequest, purge_id: str) -> audit.Pu
     cutoff_us = int(req.cutoff * 1e6)
     chains: list[audit.PurgedChain] = []
     total = 0
+    captures = 0
     oldest: int | None = None
     newest: int | None = None
     with _Tx(db):
+        capture_cutoff = req.capture_cutoff
+        if capture_cutoff is not None:
+            captures += db.execute(
+                "DELETE FROM captures WHERE namespace = ? AND policy = ? AND time_us < ?",
+                (req.namespace, req.policy, int(capture_cutoff * 1e6)),
+            ).rowcount
         instances = [
             str(r[0])
             for r in db.execute(
@@ -521,6 +608,9 @@ def _purge(db: sqlite3.Connection, req: PurgeRequest, purge_id: str) -> audit.Pu
                 "SELECT hash FROM events WHERE instance = ? AND sequence = ?", (inst, last)
             ).fetchone()
             db.execute("DELETE FROM events WHERE instance = ? AND sequence <= ?", (inst, bound))
+            captures += db.execute(
+                "DELETE FROM captures WHERE instance = ? AND sequence <= ?", (inst, bound)
+            ).rowcount
             db.execute(
                 "INSERT INTO starts (instance, sequence, prev_hash, purge_id) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (instance) DO UPDATE SET sequence = excluded.sequence, "
@@ -540,7 +630,13 @@ def _purge(db: sqlite3.Connection, req: PurgeRequest, purge_id: str) -> audit.Pu
             oldest = t0 if oldest is None else min(oldest, t0)
             newest = t1 if newest is None else max(newest, t1)
         record = purge_record(
-            req, purge_id=purge_id, chains=chains, count=total, oldest_us=oldest, newest_us=newest
+            req,
+            purge_id=purge_id,
+            chains=chains,
+            count=total,
+            oldest_us=oldest,
+            newest_us=newest,
+            captures=captures,
         )
         db.execute(
             "INSERT INTO purges (id, time_us, namespace, policy, record) VALUES (?, ?, ?, ?, ?)",

@@ -18,6 +18,8 @@ from typing import Any
 
 from aiguard_api import audit
 from aiguard_api.config import SidecarConfig
+from aiguard_api.policy import ContentCapture
+from aiguard_sidecar.audit import capture
 from aiguard_sidecar.metrics import OTEL_PROVIDER
 from aiguard_sidecar.records import RequestRecord
 
@@ -34,6 +36,8 @@ class Draft:
     outputs: Segments | None
     key: bytes | None
     """HMAC key of ``audit.hashKeySecretRef``; None: plain SHA-256."""
+    capture: bool = False
+    """``audit.contentCapture: redacted``: seal a masked copy of the text beside the event."""
 
 
 def _tls(version: str | None) -> tuple[str | None, str | None]:
@@ -82,6 +86,7 @@ def draft(record: RequestRecord, *, cfg: SidecarConfig | None, key: bytes | None
         "gen_ai.response.model": record.model_served,
         "gen_ai.response.id": record.response_id,
         "openai.response.system_fingerprint": record.system_fingerprint,
+        audit.MODEL_DRIFT: dict(record.model_drift) if record.model_drift else None,
         "gen_ai.response.finish_reasons": list(resp.finish_reasons) if resp else [],
         "gen_ai.usage.input_tokens": record.input_tokens,
         "gen_ai.usage.output_tokens": record.output_tokens,
@@ -126,7 +131,9 @@ def draft(record: RequestRecord, *, cfg: SidecarConfig | None, key: bytes | None
     }
     inputs = [(s.role.value, s.text) for s in ex.segments] if ex and ex.body is not None else None
     outputs = [(s.role.value, s.text) for s in resp.segments] if resp else None
-    return Draft(attrs, inputs, outputs, key)
+    capture = cfg is not None and cfg.spec.audit.content_capture is ContentCapture.REDACTED
+    # Only what crossed the sidecar: nothing of a request refused before it went upstream.
+    return Draft(attrs, inputs, outputs, key, capture=capture and bool(record.attempts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,14 +149,27 @@ def seal(
 ) -> tuple[dict[str, Any], bytes]:
     """The complete event following ``link``, and its canonical JSON line (with ``\\n``)."""
     event = dict(d.attributes)
+    # Without segments, a hash already in the attributes stands (an in-flight marker's,
+    # computed when the stream started: spool.py).
     event["aiguard.input.hash"] = (
-        audit.content_hash(d.inputs, d.key) if d.inputs is not None else None
+        audit.content_hash(d.inputs, d.key)
+        if d.inputs is not None
+        else event.get("aiguard.input.hash")
     )
     event["aiguard.output.hash"] = (
         audit.content_hash(d.outputs, d.key) if d.outputs is not None else None
     )
-    event["aiguard.input.chars"] = sum(len(t) for _, t in d.inputs) if d.inputs else 0
+    event["aiguard.input.chars"] = (
+        sum(len(t) for _, t in d.inputs)
+        if d.inputs is not None
+        else event.get("aiguard.input.chars", 0)
+    )
     event["aiguard.output.chars"] = sum(len(t) for _, t in d.outputs) if d.outputs else 0
+    if d.capture:
+        delivered = d.outputs if event.get("aiguard.outcome") == "ok" else None
+        content = capture.build(d.inputs, delivered)
+        event[audit.CAPTURE_HASH] = audit.capture_hash(content)
+        event[audit.CAPTURE] = content
     event[audit.ID] = event_id
     event[audit.TIME] = audit.format_time(now)
     event[audit.INSTANCE] = instance

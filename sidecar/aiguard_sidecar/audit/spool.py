@@ -7,6 +7,7 @@ restarts)::
     cursor.json                      {"sequence", "hash"}: acknowledged by the collector
     00000000000000000001.jsonl       segment: canonical JSON lines, named by first sequence
     00000000000000004711.jsonl       the active segment (the newest)
+    inflight/<sha256 of request id>  a stream in progress (see "In flight" below)
 
 Writing. :meth:`Spool.append` is awaited by each request before its response completes. It
 hands the draft to one writer thread and waits; the thread takes every draft queued by then
@@ -24,6 +25,15 @@ A torn last line — the process died inside ``write`` — is cut off: its reque
 response, since its future resolves only after ``fsync``. Events that were on disk but not
 acknowledged are shipped, so requests in flight at a crash are not lost.
 
+In flight. A streamed response can run for minutes, and its event is sealed when it ends. So
+that a process killed mid-stream (SIGKILL, OOM kill, crash) still leaves evidence, the pipeline
+calls :meth:`Spool.mark` when a stream starts: the writer thread stores the event as it stands
+then (metadata and the input hash; never content) in ``inflight/``, and deletes it once the
+final event is committed. :meth:`Spool.open` turns every marker left behind into an event with
+outcome ``interrupted`` before anything else is appended. Markers are written without
+``fsync``: they survive the death of the process (the page cache outlives it), not of the node.
+Marking costs the event loop one queue put; the request never waits for it.
+
 Reading (the shipper). :meth:`read_batch` returns whole committed lines after the cursor;
 :meth:`ack` moves the durable cursor (write, ``fsync``, rename) and deletes segments all of
 whose events are acknowledged.
@@ -37,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -62,6 +73,10 @@ DEFAULT_MAX_BYTES: Final = 768 << 20
 emptyDir grows past its limit, which would lose the whole spool."""
 MAX_GROUP: Final = 4096
 """Most events one group commit writes."""
+INFLIGHT_DIR: Final = "inflight"
+INTERRUPTED: Final = "interrupted"
+"""``aiguard.outcome`` of a request whose process died before its response completed."""
+REQUEST_ID: Final = "aiguard.request.id"
 
 
 class SpoolUnavailable(Exception):
@@ -115,6 +130,13 @@ class _Job:
     draft: Draft
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class _Mark:
+    """A stream started: journal its event as it stands (``inflight/``)."""
+
+    draft: Draft
 
 
 @dataclass(slots=True)
@@ -186,7 +208,10 @@ class Spool:
         self._lock = threading.Lock()
         self._segments: list[SegmentInfo] = []
         self._fd: int | None = None
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | _Mark | None] = queue.SimpleQueue()
+        self._marks: dict[str, Path] = {}
+        """Request id → its in-flight marker (writer thread only)."""
+        self.recovered_interrupted = 0
         self._thread: threading.Thread | None = None
         self._last_time = 0.0
         self._oldest_unacked: float | None = None
@@ -212,6 +237,7 @@ class Spool:
         rec = self._recover()
         self._link, self._acked = rec.link, rec.acked
         self.recovered_truncated = rec.truncated
+        self.recovered_interrupted = self._replay_inflight()
         log.info(
             "audit spool recovered",
             extra={
@@ -222,6 +248,7 @@ class Spool:
                     "acknowledged": self._acked.sequence,
                     "segments": len(self._segments),
                     "torn_bytes_cut": rec.truncated,
+                    "interrupted": self.recovered_interrupted,
                 }
             },
         )
@@ -389,7 +416,102 @@ class Spool:
         info.size, info.last = offset, last.sequence
         return last
 
+    def _replay_inflight(self) -> int:
+        """Seal every marker a previous process left (its stream never ended) as an event with
+        outcome ``interrupted``, durably, then delete the markers. Returns how many."""
+        assert self.directory is not None
+        folder = self.directory / INFLIGHT_DIR
+        if not folder.is_dir():
+            return 0
+        markers: list[tuple[float, str, Path, dict[str, Any]]] = []
+        for path in folder.iterdir():
+            try:
+                doc = json.loads(path.read_bytes())
+                attrs = doc["attributes"]
+                if not isinstance(attrs, dict):
+                    raise TypeError("attributes is not an object")
+                markers.append((path.stat().st_mtime, path.name, path, attrs))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                # A marker torn by the crash itself: the request started but left no metadata.
+                log.error(
+                    "audit spool: unreadable in-flight marker set aside",
+                    extra={"fields": {"marker": path.name, "error": str(e)}},
+                )
+                with contextlib.suppress(OSError):
+                    path.rename(self.directory / f"torn-inflight-{path.name}")
+        if not markers:
+            return 0
+        markers.sort(key=lambda m: (m[0], m[1]))
+        now = max(time.time(), self._last_time)
+        link = self._link
+        lines: list[bytes] = []
+        for _, _, _, attrs in markers:
+            attrs["aiguard.outcome"] = INTERRUPTED
+            attrs["error.type"] = INTERRUPTED
+            event, line = seal(
+                Draft(attrs, None, None, None),
+                instance=self.instance,
+                link=link,
+                event_id=self._ids.new(now),
+                now=now,
+            )
+            link = Link(event[audit.SEQUENCE], event[audit.HASH])
+            lines.append(line)
+        self._write(b"".join(lines), self._link.sequence + 1)  # raises: markers stay
+        if self._link.sequence == self._acked.sequence:
+            self._oldest_unacked = now
+        self._link, self._last_time = link, now
+        self._segments[-1].last = link.sequence
+        for _, _, path, _ in markers:
+            path.unlink()
+        _fsync_dir(folder)
+        log.warning(
+            "audit spool: requests in flight when the previous process stopped are recorded "
+            "as interrupted",
+            extra={"fields": {"events": len(markers), "last_sequence": link.sequence}},
+        )
+        return len(markers)
+
     # ── appending ────────────────────────────────────────────────────────────────────────────
+
+    def mark(self, d: Draft) -> None:
+        """A stream started: journal ``d`` (its event as it stands now) until the final event
+        of the same request id is committed. Never blocks, never fails the request."""
+        if self.directory is not None and self._thread is not None:
+            self._queue.put(_Mark(d))
+
+    def _write_mark(self, d: Draft) -> None:
+        """Writer thread: the marker holds metadata and the input hash, never content."""
+        assert self.directory is not None
+        request_id = str(d.attributes.get(REQUEST_ID, ""))
+        if not request_id or request_id in self._marks:
+            return
+        folder = self.directory / INFLIGHT_DIR
+        attrs = dict(d.attributes)
+        attrs["aiguard.input.hash"] = (
+            audit.content_hash(d.inputs, d.key) if d.inputs is not None else None
+        )
+        attrs["aiguard.input.chars"] = sum(len(t) for _, t in d.inputs) if d.inputs else 0
+        name = hashlib.sha256(request_id.encode()).hexdigest()[:32] + ".json"
+        try:
+            folder.mkdir(exist_ok=True, mode=0o700)
+            tmp = folder / f".{name}.tmp"
+            tmp.write_bytes(json.dumps({"attributes": attrs}, default=str).encode())
+            tmp.replace(folder / name)
+        except (OSError, TypeError, ValueError) as e:
+            log.warning(
+                "audit spool: in-flight marker not written", extra={"fields": {"error": str(e)}}
+            )
+            return
+        self._marks[request_id] = folder / name
+
+    def _clear_marks(self, drafts: Sequence[Draft]) -> None:
+        """Writer thread, after a commit: the requests' final events are durable."""
+        for d in drafts:
+            path = self._marks.pop(str(d.attributes.get(REQUEST_ID, "")), None)
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     async def append(self, d: Draft) -> dict[str, Any]:
         """Seal ``d`` into the chain and make it durable; returns the event.
@@ -404,19 +526,26 @@ class Spool:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            job = self._queue.get()
-            if job is None:
+            first = self._queue.get()
+            if first is None:
                 break
-            jobs = [job]
-            while len(jobs) < MAX_GROUP:
+            jobs: list[_Job] = []
+            nxt: _Job | _Mark | None = first
+            while nxt is not None:
+                if isinstance(nxt, _Mark):
+                    self._write_mark(nxt.draft)  # before any later append of the same request
+                else:
+                    jobs.append(nxt)
+                if len(jobs) >= MAX_GROUP:
+                    break
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
                     stopping = True
-                    break
-                jobs.append(nxt)
+            if not jobs:
+                continue
             try:
                 self._commit(jobs)
             except BaseException as e:  # a bug: fail the jobs rather than hang the requests
@@ -469,6 +598,8 @@ class Spool:
                 self._segments[-1].last = link.sequence
         for job, event in sealed:
             _resolve(job, event, None)
+        if self._marks:
+            self._clear_marks([job.draft for job, _ in sealed])
         if self._on_commit is not None:
             try:
                 self._on_commit(lines)
@@ -480,6 +611,8 @@ class Spool:
 
     def _write(self, data: bytes, first_sequence: int) -> None:
         """Append ``data`` durably to the active segment (rotating first when it is full)."""
+        if self.bytes() + len(data) > self.max_bytes:
+            self._drop_delivered_active()
         if self.bytes() + len(data) > self.max_bytes:
             raise SpoolUnavailable(
                 f"audit spool is full ({self.bytes()} bytes, limit {self.max_bytes}): the "
@@ -504,6 +637,22 @@ class Spool:
             raise
         with self._lock:
             seg.size = before + len(data)
+
+    def _drop_delivered_active(self) -> None:
+        """Writer thread, spool full: when every event of the active segment is acknowledged,
+        delete it (the next append starts a new one). Without this, a limit smaller than one
+        segment stays full forever once reached: ``ack`` never deletes the active segment."""
+        with self._lock:
+            seg = self._segments[-1] if self._segments else None
+            if seg is None or seg.last > self._acked.sequence:
+                return
+            self._segments.pop()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                self._io.close(fd)
+        with contextlib.suppress(OSError):
+            seg.path.unlink()
 
     def _new_segment(self, first: int) -> SegmentInfo:
         assert self.directory is not None

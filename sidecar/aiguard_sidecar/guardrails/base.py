@@ -109,6 +109,9 @@ class Verdict:
 class ScanContext:
     direction: Direction
     model: str | None = None
+    tools: frozenset[str] = frozenset()
+    """Names of the tools the request declares or calls (the sidecar fills it only when a
+    guardrail asks about tools: ``review``)."""
 
 
 class Guardrail(Protocol):

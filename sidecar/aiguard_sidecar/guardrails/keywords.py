@@ -14,12 +14,13 @@ no content), the span, action ``block`` | ``flag`` | ``review``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Final
 
 from aiguard_api.policy import DetectAction, KeywordGuardrail
-from aiguard_sidecar.guardrails import patterns
+from aiguard_sidecar.guardrails import patterns, textnorm
 from aiguard_sidecar.guardrails.base import Decision, Finding, ScanContext, Segment, Verdict
 from aiguard_sidecar.guardrails.patterns import Matcher, Rule
 
@@ -64,6 +65,8 @@ class KeywordGuard:
         action = self.cfg.action
         for seg in segments:
             found = patterns.resolve_overlaps(self._matcher.find(seg.text))
+            if not found:
+                found = self._find_obfuscated(seg.text)
             for c in found:
                 verdict.findings.append(
                     Finding(NAME, c.entity, seg.index, c.start, c.end, 1.0, action.value)
@@ -72,3 +75,15 @@ class KeywordGuard:
                 verdict.decision = DECISIONS[action]
                 verdict.reason = f"{NAME}: {found[0].entity}"
         return verdict
+
+    def _find_obfuscated(self, text: str) -> list[patterns.Candidate]:
+        """A keyword hidden by zero-width characters, homoglyphs, full-width forms or an
+        encoded blob: match ``textnorm``'s normalised views (cached, shared with the other
+        guardrails). Their offsets are not the text's, so the finding spans the segment."""
+        for view in textnorm.normalize(text).all_texts():
+            if view == text:
+                continue
+            hits = patterns.resolve_overlaps(self._matcher.find(view))
+            if hits:
+                return [dataclasses.replace(hits[0], start=0, end=len(text))]
+        return []

@@ -7,12 +7,17 @@ category), and a bias per head:
     tokens   = words and punctuation runs of the normalised text (textnorm.tokenize)
     present  = the distinct words, adjacent word pairs and punctuation runs that are in the
                vocabulary
-    z[h]     = bias[h] + sum(weight[h][f] for f in present) / sqrt(len(present))
+    z[h]     = bias[h] + sum(weight[h][f] for f in present) / sqrt(max(len(present), floor))
     score[h] = 1 / (1 + exp(-z[h]))
 
 That is logistic regression on a binary bag of n-grams, L2-normalised over the vocabulary, the
-form the training script fits (``hack/train_guardrails.py``). :func:`feature_set` is the
-featuriser the training script uses, so training and serving cannot drift apart.
+form the training script fits (``hack/train_guardrails.py``). ``floor`` (``extra.norm_floor``,
+:data:`NORM_FLOOR` for models trained since it exists, 1 for older files) keeps a text with
+only one or two known n-grams from being judged on them alone: with plain L2 normalisation a
+single n-gram of a one-word message ("hello", which opens many jailbreak prompts) weighs as
+much as all the evidence of a long one, and short ordinary messages were flagged.
+:func:`feature_set` is the featuriser the training script uses, so training and serving cannot
+drift apart.
 
 Inference keeps the work in C: two set intersections find ``present``; weights are fixed-point
 integers (the files hold 4 decimals), every head's packed into one Python int per n-gram, so a
@@ -56,6 +61,7 @@ FORMAT: Final = "aiguard-linear/1"
 MODELS_DIR: Final = Path(__file__).resolve().parent / "models"
 
 SCALE: Final = 10_000  # fixed point: weights have 4 decimals
+NORM_FLOOR: Final = 8  # the normalisation counts at least this many n-grams (see above)
 _BITS: Final = 64  # bits per head in a packed weight
 _OFFSET: Final = 1 << 30  # added to each head's weight so every field stays non-negative
 _MASK: Final = (1 << _BITS) - 1
@@ -102,6 +108,7 @@ class LinearModel:
     bigrams: Mapping[tuple[str, str], int]
     provenance: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)  # offsets, lexicons, ...
+    norm_floor: int = 1
 
     # ---------------------------------------------------------------------------- inference
 
@@ -115,7 +122,7 @@ class LinearModel:
         if n == 0:
             return list(self.bias)
         total = sum(map(uni.__getitem__, present)) + sum(map(self.bigrams.__getitem__, pairs))
-        scale = 1.0 / (SCALE * math.sqrt(n))
+        scale = 1.0 / (SCALE * math.sqrt(max(n, self.norm_floor)))
         base = n * _OFFSET
         return [
             b + (((total >> (h * _BITS)) & _MASK) - base) * scale for h, b in enumerate(self.bias)
@@ -181,6 +188,7 @@ class LinearModel:
             bigrams=bigrams,
             provenance=dict(doc.get("provenance", {})),
             extra=dict(doc.get("extra", {})),
+            norm_floor=max(1, int(doc.get("extra", {}).get("norm_floor", 1))),
         )
 
 

@@ -45,20 +45,42 @@ class Endpoint:
     api: Api
 
 
+def _openai_style(prefix: str, inbound: Inbound) -> tuple[Endpoint, ...]:
+    """The OpenAI v1 API under ``prefix`` (``/openai/v1``; Azure's v1 GA ``/azure/openai/v1``)."""
+    return (
+        Endpoint("POST", f"{prefix}/chat/completions", inbound, Api.CHAT_COMPLETIONS),
+        Endpoint("POST", f"{prefix}/responses", inbound, Api.RESPONSES),
+        Endpoint("GET", f"{prefix}/responses/{{id}}", inbound, Api.RESPONSE),
+        Endpoint("DELETE", f"{prefix}/responses/{{id}}", inbound, Api.RESPONSE_DELETE),
+        Endpoint("POST", f"{prefix}/embeddings", inbound, Api.EMBEDDINGS),
+        Endpoint("GET", f"{prefix}/models", inbound, Api.MODELS),
+        Endpoint("GET", f"{prefix}/models/{{model}}", inbound, Api.MODEL),
+    )
+
+
+def _azure_deployments(prefix: str) -> tuple[Endpoint, ...]:
+    return (
+        Endpoint(
+            "POST", f"{prefix}/deployments/{{model}}/chat/completions", AZURE, Api.CHAT_COMPLETIONS
+        ),
+        Endpoint("POST", f"{prefix}/deployments/{{model}}/embeddings", AZURE, Api.EMBEDDINGS),
+    )
+
+
 ENDPOINTS: Final[tuple[Endpoint, ...]] = (
-    Endpoint("POST", "/openai/v1/chat/completions", OPENAI, Api.CHAT_COMPLETIONS),
-    Endpoint("POST", "/openai/v1/responses", OPENAI, Api.RESPONSES),
-    Endpoint("POST", "/openai/v1/embeddings", OPENAI, Api.EMBEDDINGS),
-    Endpoint("GET", "/openai/v1/models", OPENAI, Api.MODELS),
-    Endpoint("GET", "/openai/v1/models/{model}", OPENAI, Api.MODEL),
-    Endpoint(
-        "POST", "/azure/openai/deployments/{model}/chat/completions", AZURE, Api.CHAT_COMPLETIONS
-    ),
-    Endpoint("POST", "/azure/openai/deployments/{model}/embeddings", AZURE, Api.EMBEDDINGS),
+    *_openai_style("/openai/v1", OPENAI),
+    # Azure OpenAI, classic: deployments in the path, ?api-version=
+    *_azure_deployments("/azure/openai"),
     Endpoint("POST", "/azure/openai/responses", AZURE, Api.RESPONSES),
+    Endpoint("GET", "/azure/openai/responses/{id}", AZURE, Api.RESPONSE),
+    Endpoint("DELETE", "/azure/openai/responses/{id}", AZURE, Api.RESPONSE_DELETE),
     Endpoint("GET", "/azure/openai/models", AZURE, Api.MODELS),
     Endpoint("GET", "/azure/openai/models/{model}", AZURE, Api.MODEL),
+    # Azure OpenAI, v1 GA API (the model in the body; AzureOpenAI still uses deployments paths)
+    *_openai_style("/azure/openai/v1", AZURE),
+    *_azure_deployments("/azure/openai/v1"),
     Endpoint("POST", "/anthropic/v1/messages", ANTHROPIC, Api.MESSAGES),
+    Endpoint("POST", "/anthropic/v1/messages/count_tokens", ANTHROPIC, Api.COUNT_TOKENS),
     Endpoint("GET", "/anthropic/v1/models", ANTHROPIC, Api.MODELS),
 )
 

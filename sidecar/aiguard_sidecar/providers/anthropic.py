@@ -2,8 +2,10 @@
 
 Inbound paths (``ANTHROPIC_BASE_URL=http://127.0.0.1:15080/anthropic``)::
 
-    POST /anthropic/v1/messages        Api.MESSAGES   operation chat
-    GET  /anthropic/v1/models          Api.MODELS     answered from the policy
+    POST /anthropic/v1/messages                Api.MESSAGES       operation chat
+    POST /anthropic/v1/messages/count_tokens   Api.COUNT_TOKENS   operation chat (the content
+                                                                  leaves the pod: same checks)
+    GET  /anthropic/v1/models                  Api.MODELS         answered from the policy
 
 Upstream (``anthropic`` providers): ``{baseURL}/v1/messages`` with the key in ``x-api-key`` and
 ``anthropic-version`` as the client sent it (``2023-06-01`` when it sent none).
@@ -190,7 +192,7 @@ class AnthropicInbound(Inbound):
             api,
             Operation.CHAT,
             require_model(body),
-            stream=body.get("stream") is True,
+            stream=api is Api.MESSAGES and body.get("stream") is True,
             body=body,
             raw=raw,
         )
@@ -199,8 +201,10 @@ class AnthropicInbound(Inbound):
 
     def parse_response(self, exchange: Exchange, raw: bytes) -> ResponseInfo:
         info = ResponseInfo()
+        if exchange.api is Api.COUNT_TOKENS:
+            return info  # {"input_tokens": N}: a count, not usage
         try:
-            doc = load_json_object(raw)
+            doc = load_json_object(raw, unique_keys=False)
         except ProxyError:
             return info
         info.doc = doc
@@ -255,9 +259,13 @@ class AnthropicDialect(Dialect):
 
     def __init__(self, base_url: str) -> None:
         super().__init__(base_url)
-        self._messages = self.url("/v1/messages")
+        self._urls = {
+            Api.MESSAGES: self.url("/v1/messages"),
+            Api.COUNT_TOKENS: self.url("/v1/messages/count_tokens"),
+        }
 
     def build(self, exchange: Exchange, model: str) -> UpstreamCall:
-        if exchange.api is not Api.MESSAGES:
+        url = self._urls.get(exchange.api)
+        if url is None:
             raise self.unsupported(exchange)
-        return UpstreamCall("POST", self._messages, body_for(exchange, model=model), self._DEFAULTS)
+        return UpstreamCall("POST", url, body_for(exchange, model=model), self._DEFAULTS)

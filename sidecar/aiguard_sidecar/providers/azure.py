@@ -5,7 +5,18 @@ Inbound paths (``AZURE_OPENAI_ENDPOINT=http://127.0.0.1:15080/azure``, as ``Azur
     POST /azure/openai/deployments/{deployment}/chat/completions?api-version=...
     POST /azure/openai/deployments/{deployment}/embeddings?api-version=...
     POST /azure/openai/responses?api-version=...
+    GET|DELETE /azure/openai/responses/{id}?api-version=...
     GET  /azure/openai/models[/{model}]?api-version=...
+
+and the v1 GA API (``OpenAI(base_url=".../azure/openai/v1/")``; ``AzureOpenAI`` with that
+``base_url`` puts the deployment in the path)::
+
+    POST /azure/openai/v1/{chat/completions,responses,embeddings}      model in the body
+    POST /azure/openai/v1/deployments/{deployment}/{chat/completions,embeddings}
+    GET|DELETE /azure/openai/v1/responses/{id}
+    GET  /azure/openai/v1/models[/{model}]
+
+Both reach the same providers: the inbound path form does not choose the upstream one.
 
 The deployment is the requested model for routing and access. The client's ``api-version`` is
 not forwarded: the provider's configured ``apiVersion`` is (default :data:`DEFAULT_API_VERSION`).
@@ -62,4 +73,8 @@ class AzureDialect(Dialect):
             return UpstreamCall("POST", self._responses, body_for(exchange, model=model), {})
         if api is Api.MODEL:
             return UpstreamCall("GET", self.url(f"/openai/models/{name}{self.query}"), None, {})
+        if api is Api.RESPONSE or api is Api.RESPONSE_DELETE:
+            rid = quote(exchange.resource_id or "", safe="")
+            url = self.url(f"/openai/responses/{rid}{self.query}")
+            return UpstreamCall("GET" if api is Api.RESPONSE else "DELETE", url, None, {})
         raise self.unsupported(exchange)

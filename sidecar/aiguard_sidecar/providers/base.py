@@ -38,6 +38,7 @@ from aiguard_sidecar.exchange import (
     TextDelta,
     WireFormat,
     dumps,
+    loads,
 )
 from aiguard_sidecar.providers.sse import parse_block
 
@@ -54,10 +55,42 @@ WIRE_OF: Final[Mapping[ProviderType, WireFormat]] = {
 }
 
 
-def load_json_object(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400."""
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):  # rare: find which key, for the message
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return doc
+
+
+def load_json_object(raw: bytes, *, unique_keys: bool = True) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400.
+
+    Hostile bodies are refused, not crashed on: nesting deeper than the parser's recursion
+    limit is a 400, and so is an object with a duplicate key (``unique_keys``). The raw bytes
+    go upstream unchanged when nothing rewrites them, and a provider whose parser keeps the
+    *first* of two ``messages`` (or ``model``) would act on text the guardrails never saw.
+    """
     try:
-        doc = json.loads(raw)
+        # Provider responses (unique_keys off: their bytes are relayed as they are) go through
+        # orjson; request bodies through json, whose pairs hook finds a repeated key.
+        doc = json.loads(raw, object_pairs_hook=_unique_keys) if unique_keys else loads(raw)
+    except _DuplicateKey as e:
+        raise errors.invalid(
+            f"aiguard: the request body repeats the key {str(e)[:64]!r}",
+            code="invalid_json",
+        ) from None
+    except RecursionError:
+        raise errors.invalid(
+            "aiguard: the request body is nested too deeply", code="invalid_json"
+        ) from None
     except (ValueError, UnicodeDecodeError):
         raise errors.invalid(
             "aiguard: the request body is not valid JSON", code="invalid_json"
@@ -67,12 +100,24 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
     return doc
 
 
+MAX_MODEL_CHARS: Final = 256
+
+
 def require_model(body: Mapping[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise errors.invalid(
             "aiguard: the request names no model (a non-empty string `model` is required)",
             code="missing_model",
+            param="model",
+        )
+    if len(model) > MAX_MODEL_CHARS or not model.isprintable():
+        # A model name is matched against route patterns, goes into URLs (Azure), metrics,
+        # logs and audit events: control characters (CR/LF…) have no business there.
+        raise errors.invalid(
+            "aiguard: the model name has control characters or is longer than "
+            f"{MAX_MODEL_CHARS} characters",
+            code="invalid_model",
             param="model",
         )
     return model
@@ -100,8 +145,8 @@ class StreamParser(abc.ABC):
             self.done = True
             return StreamEvent(block, name, None)
         try:
-            obj = json.loads(data)
-        except ValueError:
+            obj = loads(data)
+        except ValueError:  # orjson.JSONDecodeError (also past its nesting limit)
             return StreamEvent(block, name, None)
         event = StreamEvent(block, name, obj)
         if isinstance(obj, dict):

@@ -7,6 +7,8 @@ Inbound paths (``OPENAI_BASE_URL=http://127.0.0.1:15080/openai/v1``)::
     POST /openai/v1/embeddings           Api.EMBEDDINGS         operation embeddings
     GET  /openai/v1/models               Api.MODELS             answered from the policy
     GET  /openai/v1/models/{model}       Api.MODEL              forwarded
+    GET  /openai/v1/responses/{id}       Api.RESPONSE           forwarded (see pipeline.py:
+    DELETE /openai/v1/responses/{id}     Api.RESPONSE_DELETE      stored responses)
 
 The same dialect serves ``openai`` and ``openai-compatible`` providers (vLLM, Ollama, ...):
 ``{baseURL}/chat/completions`` etc. with ``Authorization: Bearer KEY`` (none when keyless).
@@ -48,7 +50,10 @@ OPERATION_OF: Final[dict[Api, Operation]] = {
     Api.EMBEDDINGS: Operation.EMBEDDINGS,
     Api.MODELS: Operation.MODELS,
     Api.MODEL: Operation.MODELS,
+    Api.RESPONSE: Operation.RESPONSES,
+    Api.RESPONSE_DELETE: Operation.RESPONSES,
 }
+_BODILESS: Final = frozenset({Api.MODELS, Api.MODEL, Api.RESPONSE, Api.RESPONSE_DELETE})
 
 # Content part types, by what a guardrail can do with them.
 _TEXT_PARTS: Final = frozenset({"text", "input_text", "output_text"})
@@ -366,7 +371,8 @@ class OpenAIInbound(Inbound):
 
     def parse(self, api: Api, raw: bytes, *, path_model: str | None = None) -> Exchange:
         operation = OPERATION_OF[api]
-        if api in (Api.MODELS, Api.MODEL):
+        if api in _BODILESS:
+            # Stored responses: the model comes from what the sidecar remembers of the id.
             return Exchange(self.wire, api, operation, path_model or "")
         body = load_json_object(raw)
         model = path_model if path_model is not None else require_model(body)
@@ -382,7 +388,7 @@ class OpenAIInbound(Inbound):
             read_embeddings_tail(raw, info)
             return info
         try:
-            doc = load_json_object(raw)
+            doc = load_json_object(raw, unique_keys=False)
         except ProxyError:
             return info
         info.doc = doc
@@ -391,6 +397,11 @@ class OpenAIInbound(Inbound):
             read_chat_response(doc, info)
         elif exchange.api is Api.RESPONSES:
             read_responses_response(doc, info)
+        elif exchange.api is Api.RESPONSE:
+            # Its output goes through the output guardrails like a new one; its usage was
+            # accounted when it was created, not now.
+            read_responses_response(doc, info)
+            info.input_tokens = info.output_tokens = None
         return info
 
     def stream_parser(self, exchange: Exchange) -> StreamParser:
@@ -453,6 +464,9 @@ class OpenAIDialect(Dialect):
         api = exchange.api
         if api is Api.MODEL:
             return UpstreamCall("GET", self.url("/models/" + quote(model, safe="")), None, {})
+        if api is Api.RESPONSE or api is Api.RESPONSE_DELETE:
+            stored = self.url("/responses/" + quote(exchange.resource_id or "", safe=""))
+            return UpstreamCall("GET" if api is Api.RESPONSE else "DELETE", stored, None, {})
         url = self._urls.get(api)
         if url is None:
             raise self.unsupported(exchange)

@@ -46,16 +46,20 @@ class SSESplitter:
         end += 2
         self._buf = buf[end:]
         complete = buf[:end]
+        # Blank lines between events carry nothing; they are dropped so that the blocks do not
+        # depend on where the chunks were cut (found by tests/fuzz: "}\r\r\n\n" cut before or
+        # after its last LF gave a block with or without a leading newline).
         if complete.find(_SEP) == end - 2:
-            return [complete]
+            block = complete.lstrip(b"\n") if complete[:1] == b"\n" else complete
+            return [block] if len(block) > 2 else []
         blocks = complete.split(_SEP)
-        blocks.pop()  # the empty string after the last separator
-        return [b + _SEP for b in blocks if b.strip(b"\n")]
+        blocks.pop()  # what follows the last separator: empty, or one blank line
+        return [b.lstrip(b"\n") + _SEP for b in blocks if b.strip(b"\n")]
 
     @property
     def pending(self) -> bytes:
         """Bytes of an event that has not ended (a truncated stream leaves them here)."""
-        return self._buf + (b"\n" if self._cr else b"")
+        return (self._buf + (b"\n" if self._cr else b"")).lstrip(b"\n")
 
 
 def parse_block(block: bytes) -> tuple[str | None, str | None]:

@@ -1,0 +1,1 @@
+"""Packaging: lockfiles, Dockerfiles and the images' install, checked without Docker."""
