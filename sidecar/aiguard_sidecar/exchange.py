@@ -202,6 +202,9 @@ class ResponseInfo:
     """A provider error reported inside a stream (its type or code, no content)."""
     doc: dict[str, Any] | None = None
     """The parsed JSON body of a non-streamed response (what segment paths point into)."""
+    unparsed: bool = False
+    """A successful response the adapter could not read (not JSON, not an object, nested too
+    deeply): no output guardrail could see its text, so the policy's failureMode decides."""
     modified: bool = False
 
     def set_text(self, segment: Segment, text: str) -> None:

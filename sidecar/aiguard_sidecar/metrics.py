@@ -207,7 +207,8 @@ class Metrics:
         )
         self.unscanned_parts = Counter(
             "aiguard_unscanned_content_parts_total",
-            "Request content parts no guardrail could read (image, audio, file, tokens, unknown).",
+            "Content parts no guardrail could read (image, audio, file, tokens, unknown; "
+            "unparseable_response: a provider response the output guardrails could not read).",
             [KIND],
             registry=r,
         )

@@ -88,6 +88,10 @@ _POLICY_CODES: Final = frozenset(
 )
 
 
+class UnreadableResponse(ValueError):
+    """A successful provider response the output guardrails cannot read."""
+
+
 class _AttemptFailed(Exception):
     """A response broke before anything reached the client: the next target may be tried."""
 
@@ -436,11 +440,28 @@ class Pipeline:
         self, rt: Runtime, rec: RequestRecord, side: str, error: Exception
     ) -> GuardDecision:
         """A guardrail raised: ``spec.failureMode`` says whether the request goes on."""
-        log.exception(
-            "guardrail failed",
-            extra={"fields": {"request_id": rec.request_id, "side": side}},
-        )
         rule = f"guardrails.{side}"
+        if isinstance(error, UnreadableResponse):
+            log.warning(
+                "unreadable provider response: output guardrails could not check it",
+                extra={"fields": {"request_id": rec.request_id, "provider": rec.provider}},
+            )
+            if rt.cfg.spec.failure_mode is not FailureMode.OPEN:
+                rec.decisions.append(
+                    Decision("guardrail", False, rule, "unreadable response", enforced=True)
+                )
+                raise ProxyError(
+                    ErrorKind.BAD_GATEWAY,
+                    f"aiguard policy {rt.name}: the provider's response could not be read, so "
+                    "the output guardrails could not check it (spec.failureMode is closed)",
+                    code="unreadable_response",
+                    rule=rule,
+                )
+        else:
+            log.exception(
+                "guardrail failed",
+                extra={"fields": {"request_id": rec.request_id, "side": side}},
+            )
         if rt.cfg.spec.failure_mode is FailureMode.OPEN:
             reason = f"guardrail error ({type(error).__name__}); failureMode open"
             rec.decisions.append(Decision("guardrail", True, rule, reason))
@@ -706,6 +727,13 @@ class Pipeline:
             info = inbound.parse_response(ex, body)
             self._record_response(rec, info)
             try:
+                if info.unparsed and type(rt.guardrails) is not NoGuardrails:
+                    # Never relay unscanned text silently: failureMode decides.
+                    rec.unscanned = {**rec.unscanned, "unparseable_response": 1}
+                    self.metrics.unscanned_parts.labels("unparseable_response").inc()
+                    raise UnreadableResponse(
+                        "the provider's response is not a readable JSON object"
+                    )
                 verdict = (
                     ALLOW
                     if type(rt.guardrails) is NoGuardrails

@@ -26,7 +26,7 @@ from aiguard_sidecar.exchange import Exchange, ResponseInfo
 from aiguard_sidecar.guarding import EngineGuardrails, build_cached
 from aiguard_sidecar.guardrails.base import Direction
 from aiguard_sidecar.hooks import ALLOW, GuardDecision, Guardrails
-from tests.harness.standin import ProviderStandIn
+from tests.harness.standin import Fault, ProviderStandIn
 from tests.sidecar.conftest import (
     WORKLOAD,
     CapturingSink,
@@ -332,3 +332,34 @@ async def test_scan_cli_and_sidecar_agree(
         await client.chat.completions.create(model="gpt-4o", messages=user(text))
         assert upstream.last_request.texts == (res["redacted_text"],)
     assert [r["decision"] for r in results] == ["redact", "block", "block", "allow"]
+
+
+# A 200 whose body the adapter cannot read: JSON nested past the parser's limit.
+UNREADABLE = '{"choices": [' * 5000 + "]}" * 5000
+
+
+@pytest.mark.parametrize("failure_mode", ["closed", "open"])
+async def test_an_unreadable_response_is_never_relayed_unscanned_in_closed_mode(
+    start_sidecar: StartSidecar, upstream: ProviderStandIn, failure_mode: str
+) -> None:
+    sc = await start(start_sidecar, upstream, failureMode=failure_mode)
+    upstream.fail_next(Fault.http(200, body=UNREADABLE), path="/v1/chat/completions")
+    client = sc.openai()
+    if failure_mode == "closed":
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.chat.completions.create(model="gpt-4o", messages=user("hello there"))
+        assert info.value.status_code == 502
+        assert info.value.code == "unreadable_response"
+        assert "could not be read" in info.value.message
+    else:
+        # failureMode open: relayed as it came (the client's SDK then fails to read it too),
+        # and the audit record says it went out unscanned.
+        raw = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=user("hello there")
+        )
+        assert raw.status_code == 200
+    rec = sc.sink.last
+    assert rec.unscanned == {"unparseable_response": 1}
+    (decision,) = [d for d in rec.decisions if d.rule == "guardrails.output"]
+    assert decision.allowed is (failure_mode == "open")
+    assert sc.metric("aiguard_unscanned_content_parts_total", kind="unparseable_response") == 1

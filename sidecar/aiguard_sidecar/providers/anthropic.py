@@ -206,6 +206,7 @@ class AnthropicInbound(Inbound):
         try:
             doc = load_json_object(raw, unique_keys=False)
         except ProxyError:
+            info.unparsed = True
             return info
         info.doc = doc
         model = doc.get("model")

@@ -390,6 +390,7 @@ class OpenAIInbound(Inbound):
         try:
             doc = load_json_object(raw, unique_keys=False)
         except ProxyError:
+            info.unparsed = True
             return info
         info.doc = doc
         info.served_model = _str(doc.get("model"))
