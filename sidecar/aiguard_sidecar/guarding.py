@@ -240,7 +240,13 @@ class EngineGuardrails:
 
     async def check_input(self, exchange: Exchange) -> hooks.GuardDecision:
         engine = self.engines.input
-        segments = [Segment(i, s.text, Role(s.role.value)) for i, s in enumerate(exchange.segments)]
+        # No scanner in the chain: validation and the unscannable count still apply, but no
+        # segment copies are made (engine.check returns before reading them).
+        segments = (
+            [Segment(i, s.text, Role(s.role.value)) for i, s in enumerate(exchange.segments)]
+            if engine.guardrails
+            else []
+        )
         unscannable = {k.value: n for k, n in exchange.unscanned.items()}
         tools = review.tool_names(exchange) if self.review_tools else frozenset()
         ctx = ScanContext(Direction.INPUT, exchange.model or None, tools)
@@ -261,6 +267,8 @@ class EngineGuardrails:
 
     async def check_output(self, exchange: Exchange, response: ResponseInfo) -> hooks.GuardDecision:
         engine = self.engines.output
+        if not engine.guardrails:
+            return hooks.ALLOW
         segments = [Segment(i, s.text, Role.OUTPUT) for i, s in enumerate(response.segments)]
         ctx = ScanContext(Direction.OUTPUT, response.served_model or exchange.model or None)
         if response.output_chars > OFF_LOOP_CHARS or engine.cpu_heavy:
