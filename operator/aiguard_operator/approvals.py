@@ -44,7 +44,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
@@ -279,9 +279,13 @@ class Approvals:
         *,
         poll_seconds: float = POLL_SECONDS,
         sweep_seconds: float = SWEEP_SECONDS,
+        on_created: Callable[[str, str], None] | None = None,
     ) -> None:
         self.api = api
         self.auth = authenticator
+        self.on_created = on_created
+        """Told (namespace, name) of each new approval: the incident notifier, so a person
+        learns that a request waits for them. Must not block."""
         self.poll_seconds = poll_seconds
         self.sweep_seconds = sweep_seconds
         self.created: set[tuple[str, str]] = set()
@@ -326,6 +330,11 @@ class Approvals:
                 "approval history not written",
                 extra={"fields": {"incident": f"{req.namespace}/{name}", "error": str(e)}},
             )
+        if self.on_created is not None:
+            try:
+                self.on_created(req.namespace, name)
+            except Exception:
+                log.exception("approval notification could not be queued")
         log.warning(
             "human review requested",
             extra={
@@ -516,10 +525,14 @@ async def get_approval(request: web.Request) -> web.Response:
 
 
 def install(
-    app: web.Application, *, api: kube.Client, authenticator: auth.Authenticator | None
+    app: web.Application,
+    *,
+    api: kube.Client,
+    authenticator: auth.Authenticator | None,
+    on_created: Callable[[str, str], None] | None = None,
 ) -> Approvals:
     """Add the approvals routes and the expiry sweeper to the collector's application."""
-    service = Approvals(api, authenticator)
+    service = Approvals(api, authenticator, on_created=on_created)
     app[APPROVALS] = service
     app.router.add_post(audit.APPROVALS_PATH, post_approval)
     app.router.add_get(audit.APPROVALS_PATH + "/{namespace}/{name}", get_approval)

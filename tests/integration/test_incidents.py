@@ -568,3 +568,40 @@ async def test_chain_gaps_repeated_denials_and_drift(scene: Scene) -> None:
     async with asyncio.timeout(WITHIN):
         await scene.collector.incidents.drained()
     assert await incident("model-drift") is None
+
+
+async def test_a_request_held_for_review_notifies_the_on_call(
+    scene: Scene, receiver: tuple[Receiver, str]
+) -> None:
+    """An approval request is an AIIncident in state pending-approval: the policy's webhook is
+    told, so a person learns that a request waits for them."""
+    hook, _ = receiver
+    assert scene.collector is not None
+    body = {
+        "request_id": "req-review-0001",
+        "namespace": scene.namespace,
+        "pod": "chatbot-0",
+        "policy": POLICY,
+        "timeout_seconds": 300,
+        "model": "gpt-4o",
+        "summary": "review: keyword",
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{scene.collector.url}{audit.APPROVALS_PATH}",
+            json=body,
+            headers={"Authorization": f"Bearer {scene.token}"},
+        ) as resp,
+    ):
+        assert resp.status in (200, 201), await resp.text()
+        name = (await resp.json())["name"]
+
+    async def notified() -> Any:
+        return next((r for r in hook.received if name in json.dumps(r)), None)
+
+    message = await until(notified, "the approval's notification")
+    assert "review" in json.dumps(message)  # what fired: the review guardrail
+    obj = await scene.api.get(transitions.incident_path(scene.namespace, name))
+    assert obj["spec"]["state"] == "pending-approval"
+    assert obj["status"]["notified"] is True

@@ -447,7 +447,12 @@ class CollectorServer:
                 ),
             )
         )
-        self.approvals = approvals.install(self.app, api=api, authenticator=self.auth)
+        self.approvals = approvals.install(
+            self.app,
+            api=api,
+            authenticator=self.auth,
+            on_created=self.incidents.notify_soon if self.incidents else None,
+        )
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         self._task: asyncio.Task[None] | None = None
         self.port = 0

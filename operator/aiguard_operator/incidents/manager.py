@@ -643,6 +643,11 @@ class IncidentManager:
 
     # ------------------------------------------------------------------ notifications
 
+    def notify_soon(self, namespace: str, name: str) -> None:
+        """Queue the notification of an AIIncident created elsewhere (a human-review approval
+        request): sent like any incident's, once. Never blocks."""
+        self._queue_notification(namespace, name)
+
     def _queue_notification(self, namespace: str, name: str) -> None:
         if (namespace, name) in self._notifying:
             return
