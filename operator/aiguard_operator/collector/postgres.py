@@ -12,8 +12,8 @@ from typing import Any
 import asyncpg
 
 from aiguard_api import audit
-from aiguard_operator.collector.capture import Sealed
 from aiguard_operator.collector.store import (
+    CAPTURE_SELECT,
     MAX_PAGE,
     ChainInfo,
     EventPage,
@@ -26,6 +26,7 @@ from aiguard_operator.collector.store import (
     decode_cursor,
     encode_cursor,
     purge_record,
+    stored_capture,
 )
 
 _SCHEMA = """
@@ -377,20 +378,8 @@ class PostgresStore:
         return [audit.PurgeRecord.model_validate_json(r[0]) for r in rows]
 
     async def capture(self, event_id: str) -> StoredCapture | None:
-        row = await self._pool.fetchrow(
-            "SELECT id, namespace, policy, time_us, key_id, nonce, ciphertext FROM captures "
-            "WHERE id = $1",
-            event_id,
-        )
-        if row is None:
-            return None
-        return StoredCapture(
-            str(row[0]),
-            str(row[1]),
-            str(row[2]),
-            int(row[3]),
-            Sealed(str(row[4]), bytes(row[5]), bytes(row[6])),
-        )
+        row = await self._pool.fetchrow(CAPTURE_SELECT + "$1", event_id)
+        return None if row is None else stored_capture(row)
 
 
 def _deleted(status: str) -> int:

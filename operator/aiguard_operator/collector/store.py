@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from aiguard_api import audit
 from aiguard_operator.collector.capture import Sealed
@@ -197,6 +197,23 @@ class Store(Protocol):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+CAPTURE_SELECT: Final = (
+    "SELECT id, namespace, policy, time_us, key_id, nonce, ciphertext FROM captures WHERE id = "
+)
+"""Both stores' capture lookup, up to the placeholder of the id (``?`` or ``$1``)."""
+
+
+def stored_capture(row: Sequence[Any]) -> StoredCapture:
+    """A row of :data:`CAPTURE_SELECT`."""
+    return StoredCapture(
+        str(row[0]),
+        str(row[1]),
+        str(row[2]),
+        int(row[3]),
+        Sealed(str(row[4]), bytes(row[5]), bytes(row[6])),
+    )
 
 
 def encode_cursor(*parts: str | int) -> str:
@@ -384,20 +401,8 @@ class SQLiteStore:
 
     async def capture(self, event_id: str) -> StoredCapture | None:
         def q(db: sqlite3.Connection) -> StoredCapture | None:
-            row = db.execute(
-                "SELECT id, namespace, policy, time_us, key_id, nonce, ciphertext FROM captures "
-                "WHERE id = ?",
-                (event_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            return StoredCapture(
-                str(row[0]),
-                str(row[1]),
-                str(row[2]),
-                int(row[3]),
-                Sealed(str(row[4]), bytes(row[5]), bytes(row[6])),
-            )
+            row = db.execute(CAPTURE_SELECT + "?", (event_id,)).fetchone()
+            return None if row is None else stored_capture(row)
 
         return await self._run(q)
 
