@@ -8,7 +8,6 @@ a metric.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from aiguard_sidecar.audit.sink import AuditSettings
 from aiguard_sidecar.guarding import engine_guardrails
 from aiguard_sidecar.metrics import Metrics
 from tests.harness.standin import ProviderStandIn
-from tests.sidecar.conftest import WORKLOAD, HttpClients, SecretVolume, make_policy
+from tests.sidecar.conftest import WORKLOAD, HttpClients, SecretVolume, make_policy, wait_for
 
 
 class Receiver:
@@ -101,10 +100,7 @@ async def test_every_event_is_copied_as_an_otlp_log_record_without_content(
             await client.chat.completions.create(
                 model="not-routed-model", messages=[{"role": "user", "content": "hi"}]
             )
-        for _ in range(500):
-            if len(receiver.records) >= 3:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: len(receiver.records) >= 3, what="3 OTLP log records")
     finally:
         await http.aclose()
         await server.stop()

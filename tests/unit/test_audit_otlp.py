@@ -3,7 +3,6 @@ protobuf definitions, and delivery to a real HTTP receiver that fails on demand.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from aiguard_api import audit
 from aiguard_sidecar.audit import otlp
 from tests.harness.auditdata import chain
+from tests.sidecar.conftest import wait_for
 
 
 def lines(n: int, **kwargs: Any) -> list[bytes]:
@@ -137,19 +137,13 @@ def exporter(url: str, **kwargs: Any) -> otlp.OtlpExporter:
     return otlp.OtlpExporter(url, **{**defaults, **kwargs})
 
 
-async def until(condition: Any, within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 (polls the exporter, no event to wait on)
-            await asyncio.sleep(0.01)
-
-
 async def test_every_event_arrives_once_in_order_in_bounded_batches(receiver: Receiver) -> None:
     exp = exporter(receiver.url, max_batch=7)
     exp.start()
     sent = lines(30)
     for i in range(0, 30, 4):
         exp.put(sent[i : i + 4])
-    await until(lambda: exp.exported == 30)
+    await wait_for(lambda: exp.exported == 30, within=10, what="exp.exported == 30")
     await exp.close()
     assert [r.encode() + b"\n" for r in receiver.records] == sent
     assert all(len(b.resource_logs[0].scope_logs[0].log_records) <= 7 for b in receiver.bodies)
@@ -164,7 +158,7 @@ async def test_unavailable_and_throttled_endpoints_are_retried_without_duplicate
     exp.start()
     sent = lines(5)
     exp.put(sent)
-    await until(lambda: exp.exported == 5)
+    await wait_for(lambda: exp.exported == 5, within=10, what="exp.exported == 5")
     await exp.close()
     assert receiver.attempts == 4
     assert [r.encode() + b"\n" for r in receiver.records] == sent
@@ -177,9 +171,9 @@ async def test_a_batch_refused_for_good_is_dropped_and_counted(receiver: Receive
     exp = exporter(receiver.url, on_dropped=dropped.append)
     exp.start()
     exp.put(lines(3))
-    await until(lambda: exp.dropped == 3)
+    await wait_for(lambda: exp.dropped == 3, within=10, what="exp.dropped == 3")
     exp.put(lines(2, first=4))
-    await until(lambda: exp.exported == 2)
+    await wait_for(lambda: exp.exported == 2, within=10, what="exp.exported == 2")
     await exp.close()
     assert sum(dropped) == 3
     assert len(receiver.records) == 2
@@ -189,7 +183,7 @@ async def test_an_unreachable_endpoint_never_holds_more_than_the_queue(receiver:
     exp = exporter("http://127.0.0.1:9", max_queue=10, max_batch=4)  # nothing listens on 9
     exp.start()
     exp.put(lines(25))
-    await until(lambda: exp.dropped >= 11)
+    await wait_for(lambda: exp.dropped >= 11, within=10, what="exp.dropped >= 11")
     assert exp.pending() <= 10 + 4
     await exp.close(flush_seconds=0.1)
     assert exp.exported == 0

@@ -264,21 +264,25 @@ async def test_check_async_runs_heavy_chains_off_the_loop() -> None:
 
 
 async def test_check_async_budget_exceeded_uses_failure_mode() -> None:
-    import time
+    import threading
+
+    release, finished = threading.Event(), threading.Event()
 
     class Slow:
         name = "slow"
         cpu_heavy = True
 
         def check(self, segments: Sequence[Segment], ctx: ScanContext) -> Verdict:
-            time.sleep(0.3)
+            release.wait(10)  # busy until the test has seen the timeout
+            finished.set()
             return Verdict()
 
     engine = Engine(Direction.INPUT, [Slow()], failure_mode=FailureMode.CLOSED)
     v = await engine.check_async([seg("x")], CTX, budget=0.05)
     assert v.decision is Decision.BLOCK
     assert v.reason == "engine: timeout; failureMode closed"
-    await asyncio.sleep(0.3)  # let the worker finish before the loop closes
+    release.set()  # the worker thread finishes alone; wait for it before the loop closes
+    assert await asyncio.to_thread(finished.wait, 10)
 
 
 # ---------------------------------------------------------------------------- builders
