@@ -407,6 +407,7 @@ class SidecarServer:
                     "proxy": f"{s.listen_host}:{self.port}",
                     "admin": f"{s.admin_host}:{self.admin_port}",
                     "policy": self.app[STORE].current.name,
+                    "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
                 }
             },
         )

@@ -128,7 +128,10 @@ class SidecarProcess:
 
     def inflight_markers(self) -> list[Path]:
         folder = self.spool_dir / "inflight"
-        return sorted(folder.iterdir()) if folder.is_dir() else []
+        # Committed markers only: ``.NAME.tmp`` is one being written (renamed when complete).
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
     def tail(self, lines: int = 40) -> str:
         try:

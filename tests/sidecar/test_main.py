@@ -91,6 +91,8 @@ async def test_runs_serves_and_drains_on_sigterm(
     assert "policy loaded" in messages
     assert "request" in messages
     assert "stopped" in messages
+    listening = next(line for line in lines if line["msg"] == "aiguard sidecar listening")
+    assert listening["event_loop"] == "uvloop"  # the default loop, not the stdlib fallback
     assert_no_real_keys(err)
 
 

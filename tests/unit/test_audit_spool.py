@@ -311,3 +311,26 @@ async def test_an_abandoned_new_segment_is_superseded_by_its_successor(
     assert audit.verify_chain(events) == []
     assert restarted.link.sequence == 2
     assert events[1]["aiguard.request.start_time"] == audit.format_time(1e9 + 2)
+
+
+async def test_restart_seals_in_flight_markers_and_drops_half_written_ones(
+    open_spool: Open, tmp_path: Path
+) -> None:
+    """A process killed mid-stream leaves ``inflight/`` markers: a committed one becomes an
+    ``interrupted`` event; one killed while being written (``.NAME.tmp``, not yet renamed) is
+    no marker and is removed; an unreadable one is set aside, not silently dropped."""
+    folder = tmp_path / "spool" / "inflight"
+    folder.mkdir(parents=True)
+    attrs = draft(7).attributes
+    (folder / "a1.json").write_text(json.dumps({"attributes": attrs}))
+    (folder / ".b2.json.tmp").write_bytes(b"")
+    (folder / "c3.json").write_bytes(b'{"attributes": ')
+    spool = open_spool()
+    assert spool.recovered_interrupted == 1
+    [event] = on_disk(tmp_path / "spool")
+    assert event["aiguard.outcome"] == "interrupted"
+    assert event["aiguard.request.id"] == attrs["aiguard.request.id"]
+    assert list(folder.iterdir()) == []
+    torn = [p.name for p in (tmp_path / "spool").glob("torn-*")]
+    assert torn == ["torn-inflight-c3.json"]  # the half-written one is not reported as torn
+    assert (tmp_path / "spool" / "torn-inflight-c3.json").read_bytes() == b'{"attributes": '

@@ -425,6 +425,12 @@ class Spool:
             return 0
         markers: list[tuple[float, str, Path, dict[str, Any]]] = []
         for path in folder.iterdir():
+            if path.name.startswith("."):
+                # ``.NAME.tmp``: the process died while writing that marker, before the rename
+                # that commits it; its stream's earlier marker (if any) is the one that counts.
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
             try:
                 doc = json.loads(path.read_bytes())
                 attrs = doc["attributes"]

@@ -334,7 +334,7 @@ class ResponsesStream(StreamParser):
 
     def on_event(self, event: StreamEvent, obj: dict[str, Any]) -> None:
         info = self.info
-        kind = obj.get("type")
+        kind = _str(obj.get("type"))  # a provider's garbage (an object, a list) is no event kind
         if kind == "response.output_text.delta" or kind == "response.refusal.delta":
             text = obj.get("delta")
             if isinstance(text, str) and text:
