@@ -41,6 +41,7 @@ top functions by cumulative and own time, and own time grouped by module.
     python -m benchmarks.sidecar_proxy              # → benchmarks/results/sidecar_proxy.json
     python -m benchmarks.sidecar_proxy --duration 2 --no-profile   # quicker
     python -m benchmarks.sidecar_proxy --profile-only --keep        # iterate on the hot path
+    python -m benchmarks.sidecar_proxy --ttft-only --out /tmp/t.json # streaming only
     python -m benchmarks.sidecar_proxy compare --ref HEAD           # this tree against a commit
     hack/install-bench-tools.sh                      # wrk + the pinned Portkey gateway
 
@@ -2057,6 +2058,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile-only", action="store_true", help="only the sidecar profile (no cells, no TTFT)"
     )
     ap.add_argument("--no-ttft", action="store_true")
+    ap.add_argument(
+        "--ttft-only", action="store_true", help="only streaming TTFT (no cells, no profile)"
+    )
     ap.add_argument("--no-wrk", action="store_true", help="use the aiohttp load generator")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--out", type=Path, default=None)
@@ -2079,6 +2083,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile_only:
         args.no_portkey = args.no_tls = args.no_quietlog = args.no_bare = args.no_ttft = True
         args.no_noguard = True
+    if args.ttft_only:
+        args.no_tls = args.no_quietlog = args.no_bare = args.no_noguard = args.no_profile = True
     machine = common.machine()
     bench = Bench(args)
     print(
@@ -2093,7 +2099,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"targets: {', '.join(bench.targets)}; load generator {bench.loadgen.version}",
             flush=True,
         )
-        cells = [] if args.profile_only else bench.matrix()
+        cells = [] if (args.profile_only or args.ttft_only) else bench.matrix()
         for info in bench.proxies.values():
             with contextlib.suppress(OSError, KeyError):
                 info.rss_after_mb = round(common.rss_bytes(info.pid) / 2**20, 1)

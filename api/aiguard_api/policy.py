@@ -680,13 +680,36 @@ class InputGuardrails(Model):
     )
 
 
+class StreamRelease(StrEnum):
+    """When streamed output text held for the output guardrails goes to the client."""
+
+    # Text goes out as soon as it cannot be the unfinished start of a value the guardrails look
+    # for: a finished word goes at once; a word still being written, a run with digits and a
+    # match that may still grow wait (never more than holdbackChars).
+    ADAPTIVE = "adaptive"
+    # Events are held while no more than holdbackChars characters are: the oldest goes out
+    # once more than that follow it.
+    WINDOW = "window"
+
+
 class Streaming(Model):
     holdback_chars: int = Field(
         default=128,
         ge=0,
         le=65536,
         description="Characters held back from the client while output guardrails scan a "
-        "stream, so a match across chunk boundaries is caught before it is sent.",
+        "stream, so a match across chunk boundaries is caught before it is sent. With "
+        "release: adaptive, the most that is ever held.",
+    )
+    release: StreamRelease = Field(
+        default=StreamRelease.ADAPTIVE,
+        description="adaptive: text that cannot be the unfinished start of a PII or secret "
+        "value goes out at once: a word is sent when it is finished (whitespace or !?,;) "
+        "follows), a run with digits when 32 more characters follow, a match that may still "
+        "grow when it ends. window: the oldest held event goes once more than holdbackChars "
+        "characters are held. "
+        "Output NER, custom patterns, deny lists or deny keywords (values whose shape the "
+        "sidecar cannot know) always use window.",
     )
 
 

@@ -16,12 +16,24 @@ redactions already applied; REDACT → the edits go back through the segments' l
 (``Exchange.set_text``). In ``mode: audit`` nothing is rewritten. Output cannot be held for
 review: an output REVIEW is a block.
 
-Output: a JSON response is scanned whole. A stream is scanned incrementally with a holdback
-window of ``guardrails.output.streaming.holdbackChars`` characters: events carrying text are
-held until more than that many characters follow them, then released with their text rewritten
-by the redactions found so far (a match across chunk boundaries is caught while it is still
-held). An event without text (finish, usage, terminal) releases everything held. A block ends
-the stream (the pipeline writes the provider's error event); held text is never sent.
+Output: a JSON response is scanned whole. A stream is scanned at every event carrying text;
+events are held and released with their text rewritten by the redactions found so far (a match
+across chunk boundaries is caught while it is still held). When they are released depends on
+``guardrails.output.streaming.release``:
+
+* ``window``: events are held while no more than ``holdbackChars`` characters are held (the
+  oldest goes out once more than that follow it);
+* ``adaptive`` (default): an event goes out as soon as none of its text can be the unfinished
+  start of a value the scanners look for (:meth:`_StreamGuard._safe_cut`): prose flows word by
+  word (a word goes once whitespace or ``!?,;)`` follows it: until then it may still become an
+  email address or a key), a run with digits waits until ``NUMBER_CONTEXT`` characters follow
+  it (numbers written in groups, context words after them), and a match touching the end (it
+  may still grow) waits. Never more than ``holdbackChars`` is held. Chains that scan for
+  shapes the sidecar cannot know (NER, custom patterns, deny lists, deny keywords) always use
+  ``window``.
+
+An event without text (finish, usage, terminal) releases everything held. A block ends the
+stream (the pipeline writes the provider's error event); held text is never sent.
 
 Engines are cached process-wide by the guardrails section of the policy (and the content of
 the Secrets it read), so a reload that changes only routes or limits does not recompile.
@@ -33,6 +45,7 @@ import asyncio
 import collections
 import hashlib
 import logging
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +53,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiguard_api.config import ConfigError, SidecarConfig
-from aiguard_api.policy import AIPolicySpec, Mode, SecretKeyRef
+from aiguard_api.policy import (
+    AIPolicySpec,
+    Mode,
+    OutputGuardrails,
+    SecretKeyRef,
+    StreamRelease,
+)
 from aiguard_sidecar import hooks, review
 from aiguard_sidecar.exchange import Exchange, ResponseInfo, StreamEvent, TextDelta
 from aiguard_sidecar.guardrails.base import (
@@ -205,6 +224,7 @@ class EngineGuardrails:
         self.cfg = cfg
         self.enforce = cfg.spec.mode is Mode.ENFORCE
         self.holdback = cfg.spec.guardrails.output.streaming.holdback_chars
+        self.adaptive = adaptive_release(cfg.spec.guardrails.output)
         review_cfg = cfg.spec.guardrails.input.review
         self.review_tools = review_cfg.enabled and bool(review_cfg.tools)
         self._engines: Engines | None = None
@@ -286,13 +306,31 @@ class EngineGuardrails:
         engine = self.engines.output
         if not engine.guardrails:
             return None
-        return _StreamGuard(engine, self.holdback, exchange.model or None)
+        return _StreamGuard(engine, self.holdback, exchange.model or None, self.adaptive)
 
     async def close(self) -> None:
         return None  # engines are shared through the cache; nothing to release
 
 
 # ── streams ──────────────────────────────────────────────────────────────────────────────────
+
+# adaptive release: characters that must follow a run with digits before it goes out (a card
+# or phone number written in groups, an IBAN, context words such as "is my SSN" after it)
+NUMBER_CONTEXT: Final = 32
+_DIGITS_RUN: Final = re.compile(r"\S*\d\S*")
+# a last run with no whitespace after it is a word still being written ("jane" may become
+# "jane.doe@example.com") unless a character no email, key or number continues with ends it
+_FINISHED_RUN: Final = re.compile(r"[^\s\d@]*[!?,;)\"]")
+_OPEN_RUN: Final = re.compile(r"\S*\Z")
+
+
+def adaptive_release(output: OutputGuardrails) -> bool:
+    """``release: adaptive`` applies only to chains whose match shapes are known."""
+    pii, deny = output.pii, output.deny
+    unknown_shapes = pii.ner.enabled or pii.custom_patterns or pii.deny_lists
+    return output.streaming.release is StreamRelease.ADAPTIVE and not (
+        unknown_shapes or deny.keywords or deny.patterns
+    )
 
 
 @dataclass(slots=True)
@@ -312,9 +350,12 @@ class _Held:
 
 
 class _StreamGuard:
-    def __init__(self, engine: Engine, holdback: int, model: str | None) -> None:
+    def __init__(
+        self, engine: Engine, holdback: int, model: str | None, adaptive: bool = False
+    ) -> None:
         self.engine = engine
         self.holdback = holdback
+        self.adaptive = adaptive
         self.ctx = ScanContext(Direction.OUTPUT, model)
         self.slots: dict[int | str, _Slot] = {}
         self.held: collections.deque[_Held] = collections.deque()
@@ -369,9 +410,42 @@ class _StreamGuard:
             out.append(slot.text[pos:b])
         return "".join(out)
 
+    def _safe_cut(self, slot: _Slot) -> int:
+        """Adaptive release: the original offset in ``slot`` before which text may go out."""
+        text = slot.text
+        end = len(text)
+        cut = end
+        for r in slot.reps:  # a match reaching the end may still grow (a key, a PEM body)
+            if r.end >= end:
+                cut = min(cut, r.start)
+        lo = max(slot.sent, end - self.holdback)
+        for m in _DIGITS_RUN.finditer(text, lo):
+            if m.end() > end - NUMBER_CONTEXT:
+                cut = min(cut, m.start())
+                break
+        open_run = _OPEN_RUN.search(text, lo)
+        if (
+            open_run is not None
+            and open_run.group()
+            and not _FINISHED_RUN.fullmatch(open_run.group())
+        ):
+            cut = min(cut, open_run.start())
+        return max(cut, lo)  # never more than holdbackChars held
+
     def _release(self, *, everything: bool) -> list[StreamEvent]:
         out: list[StreamEvent] = []
-        while self.held and (everything or self.held_chars > self.holdback):
+        cuts: dict[int, int] = {}
+        while self.held:
+            if not everything:
+                if not self.adaptive:
+                    if self.held_chars <= self.holdback:
+                        break
+                else:
+                    for slot, _, _ in self.held[0].ranges:
+                        if slot.index not in cuts:
+                            cuts[slot.index] = self._safe_cut(slot)
+                    if any(b > cuts[slot.index] for slot, _, b in self.held[0].ranges):
+                        break
             h = self.held.popleft()
             self.held_chars -= h.chars
             for delta, (slot, a, b) in zip(list(h.event.deltas), h.ranges, strict=True):
