@@ -1334,7 +1334,9 @@ class Bench:
     def profile(self) -> dict[str, Any]:
         a = self.args
         out_file = self.workdir / "sidecar.prof"
-        policy = policy_doc(self.plain_port, None, None)
+        policy = policy_doc(
+            self.plain_port, None, None, no_guardrails=self.args.profile_no_guardrails
+        )
         port, _, proc, _ = self.start_sidecar("sidecar-profiled", policy, profile_out=out_file)
         url = f"http://127.0.0.1:{port}{SIDECAR_PATH}"
         script = self.loadgen.script("profile", chat_body(a.profile_body), self.side_headers)
@@ -2058,6 +2060,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile-only", action="store_true", help="only the sidecar profile (no cells, no TTFT)"
     )
     ap.add_argument("--no-ttft", action="store_true")
+    ap.add_argument(
+        "--profile-no-guardrails",
+        action="store_true",
+        help="profile the sidecar with every default guardrail off (the proxy's own cost)",
+    )
     ap.add_argument(
         "--ttft-only", action="store_true", help="only streaming TTFT (no cells, no profile)"
     )
