@@ -44,7 +44,7 @@ from typing import Any
 
 from aiguard_api import audit, constants
 from aiguard_api.config import ConfigError, load_config
-from aiguard_sidecar import logs
+from aiguard_sidecar import logs, memory
 from aiguard_sidecar.app import Settings, SidecarServer
 from aiguard_sidecar.audit.sink import AuditSettings
 from aiguard_sidecar.identity import Workload
@@ -164,6 +164,7 @@ async def serve(settings: Settings) -> int:
     # out of the collector's full passes, whose pauses would stall requests.
     gc.collect()
     gc.freeze()
+    await asyncio.to_thread(memory.trim)  # the startup peak's freed blocks back to the kernel
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from aiguard_api.config import ConfigError, SidecarConfig, parse_config
+from aiguard_sidecar import memory
 from aiguard_sidecar.metrics import Metrics
 from aiguard_sidecar.runtime import Runtime
 
@@ -47,6 +48,10 @@ def _stat(path: Path) -> Signature | None:
 def _read(path: Path) -> tuple[Signature | None, bytes]:
     sig = _stat(path)
     return sig, path.read_bytes()
+
+
+async def _trim() -> None:
+    await asyncio.to_thread(memory.trim)
 
 
 def _parse(data: bytes, source: str, secrets_dir: str | None) -> SidecarConfig:
@@ -154,6 +159,10 @@ class PolicyStore:
             previous.retired = True
             if previous.inflight == 0:
                 self._close_later(previous)
+            # what building this version allocated and freed goes back to the kernel
+            trimmed = asyncio.get_running_loop().create_task(_trim())
+            self._closing.add(trimmed)
+            trimmed.add_done_callback(self._closing.discard)
         log.info(
             "policy loaded" if previous is None else "policy reloaded",
             extra={
