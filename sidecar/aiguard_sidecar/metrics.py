@@ -75,8 +75,8 @@ TTFT_BUCKETS: Final = (
 # Every ``reason`` of ``aiguard_audit_delivery_failures_total`` (``audit/shipper.py``): the
 # series exist at 0 from the start, so rates and alerts see the first failure.
 DELIVERY_FAILURE_REASONS: Final = (
-    "connect", "timeout", "http_4xx", "http_5xx", "unauthorized", "forbidden", "bad_ack",
-    "token", "spool_read",
+    "connect", "tls", "timeout", "http_4xx", "http_5xx", "unauthorized", "forbidden",
+    "bad_ack", "token", "spool_read",
 )  # fmt: skip
 # ``kind`` of ``aiguard_model_drift_total`` (``drift.py``).
 DRIFT_KINDS: Final = ("model", "fingerprint")
@@ -235,7 +235,7 @@ class Metrics:
         )
         self.audit_delivery_failures = Counter(
             "aiguard_audit_delivery_failures_total",
-            "Failed attempts to deliver a batch to the collector, by reason (connect, "
+            "Failed attempts to deliver a batch to the collector, by reason (connect, tls, "
             "timeout, http_4xx, http_5xx, unauthorized, forbidden, bad_ack, token, spool_read).",
             [REASON],
             registry=r,

@@ -51,6 +51,8 @@ class CollectorSettings:
     db: Path = DEFAULT_DB
     postgres_dsn: str | None = None
     cert_dir: Path | None = None
+    cert_check_interval: float = 30.0
+    """Seconds between checks of ``cert_dir`` for a renewed certificate (reloaded in place)."""
     audience: str = audit.COLLECTOR_AUDIENCE
     query_auth: QueryAuth = "rbac"
     purge_interval: float = 3600.0
@@ -86,6 +88,7 @@ def from_env(env: Mapping[str, str] | None = None) -> CollectorSettings:
         db=Path(env.get("AIGUARD_COLLECTOR_DB", "").strip() or DEFAULT_DB),
         postgres_dsn=env.get("AIGUARD_COLLECTOR_POSTGRES_DSN", "").strip() or None,
         cert_dir=Path(cert_dir) if cert_dir else None,
+        cert_check_interval=_float(env, "AIGUARD_COLLECTOR_CERT_CHECK_SECONDS", 30, 0.1, 3600),
         audience=env.get("AIGUARD_COLLECTOR_AUDIENCE", "").strip() or audit.COLLECTOR_AUDIENCE,
         query_auth="none" if auth == "none" else "rbac",
         purge_interval=_float(env, "AIGUARD_COLLECTOR_PURGE_INTERVAL_SECONDS", 3600, 1, 86400),

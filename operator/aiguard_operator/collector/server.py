@@ -56,6 +56,7 @@ from aiguard_operator.collector.store import (
     SQLiteStore,
     Store,
 )
+from aiguard_operator.collector.tlsreload import ServingCertificate
 from aiguard_operator.incidents import manager as incidents
 
 log = logging.getLogger("aiguard.collector")
@@ -454,7 +455,7 @@ class CollectorServer:
             on_created=self.incidents.notify_soon if self.incidents else None,
         )
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
 
     @property
@@ -471,27 +472,30 @@ class CollectorServer:
         await self._runner.setup()
         ctx: ssl.SSLContext | None = None
         if s.cert_dir is not None:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            await asyncio.to_thread(
-                ctx.load_cert_chain, s.cert_dir / "tls.crt", s.cert_dir / "tls.key"
+            serving = ServingCertificate(s.cert_dir)
+            await asyncio.to_thread(serving.load)
+            ctx = serving.context
+            self._tasks.append(
+                asyncio.create_task(
+                    serving.watch(s.cert_check_interval), name="aiguard-collector-cert"
+                )
             )
         site = web.TCPSite(self._runner, s.addr, s.port, ssl_context=ctx)
         await site.start()
         addresses = self._runner.addresses
         self.port = int(addresses[0][1]) if addresses else 0
-        self._task = asyncio.create_task(self._purge_loop(), name="aiguard-collector-purge")
+        self._tasks.append(asyncio.create_task(self._purge_loop(), name="aiguard-collector-purge"))
         log.info(
             "audit collector listening",
             extra={"fields": {"url": self.url, "store": type(self.store).__name__}},
         )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
         await self._runner.cleanup()
         if self.incidents is not None:
             await self.incidents.stop()

@@ -14,7 +14,9 @@ Nothing is ever skipped: a batch the collector refuses stays at the head of the 
 spool depth and delivery lag grow, and the alerts on them fire.
 
 The token file is re-read when its modification time changes (the kubelet rotates projected
-tokens at 80 % of their lifetime) and after a 401.
+tokens at 80 % of their lifetime) and after a 401. The CA bundle is re-read after a failed
+certificate verification (``reason="tls"``): a rotated collector CA is picked up on the next
+attempt, without a restart.
 """
 
 from __future__ import annotations
@@ -198,6 +200,11 @@ class Shipper:
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
             except TimeoutError as e:
                 raise DeliveryError("timeout", f"no answer from {self.url}") from e
+            except aiohttp.ClientConnectorCertificateError as e:
+                # The collector's certificate no longer verifies against the CA bundle as read:
+                # the CA may have been rotated. Read the bundle again on the next attempt.
+                await self.close()
+                raise DeliveryError("tls", f"{self.url}: {e}") from e
             except aiohttp.ClientError as e:
                 raise DeliveryError("connect", f"{self.url}: {e}") from e
             if status == 401 and attempt == 1:
