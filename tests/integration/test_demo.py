@@ -97,3 +97,18 @@ def test_the_demo_ends_with_a_verified_evidence_bundle_covering_every_criterion(
     assert "every file matches manifest.json" in section
     bundle = re.search(r"evidence bundle: (\S+)/index\.html", demo_output)
     assert bundle is not None
+
+
+def test_the_metrics_block_counts_the_requests_and_the_guardrail_findings(
+    demo_output: str,
+) -> None:
+    start = demo_output.index("6. Metrics")
+    section = demo_output[start : demo_output.index("7. The audit trail", start)]
+    requests = [
+        float(line.rsplit(" ", 1)[1])
+        for line in section.splitlines()
+        if line.strip().startswith("aiguard_requests_total{")
+    ]
+    assert sum(requests) == 6, section  # every request the SDK sent, refused ones included
+    assert re.search(r'aiguard_guardrail_findings_total\{[^}]*guardrail="pii"', section), section
+    assert "aiguard_audit_" in section
