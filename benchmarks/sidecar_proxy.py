@@ -78,7 +78,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from benchmarks import common
 
@@ -134,11 +134,18 @@ def _filler(n: int, offset: int = 0) -> str:
     return " ".join(out)[:n]
 
 
+# The last user turn starts with this; the load generators replace the digits with a counter,
+# so that turn differs in every request while the system prompt and the earlier turns repeat,
+# as a chat client resends them (caches keyed by text cannot make every request a hit).
+UNIQUE_MARK: Final = "req-000000"
+
+
 def chat_body(
     size: int, *, model: str = MODEL, stream: bool = False, max_tokens: int = 32
 ) -> bytes:
     """An OpenAI chat-completion request of exactly ``size`` bytes (when ``size`` exceeds the
-    empty envelope): a system prompt and alternating turns of ~1 KB, ending with the user."""
+    empty envelope): a system prompt and alternating turns of ~1 KB, ending with the user,
+    whose turn starts with :data:`UNIQUE_MARK`."""
     turns = max(1, round(size / 1024))
     if turns % 2 == 0:
         turns += 1
@@ -156,7 +163,14 @@ def chat_body(
     share, extra = divmod(room, turns)
     for i in range(turns):
         messages[1 + i]["content"] = _filler(share + (1 if i < extra else 0), offset=i * 7)
+    last = messages[-1]["content"]
+    messages[-1]["content"] = (UNIQUE_MARK + " " + last)[: max(len(last), len(UNIQUE_MARK) + 1)]
     return dump()
+
+
+def numbered(body: bytes, n: int) -> bytes:
+    """``body`` with its :data:`UNIQUE_MARK` numbered ``n`` (same length)."""
+    return body.replace(UNIQUE_MARK.encode(), f"req-{n % 1_000_000:06d}".encode(), 1)
 
 
 # ── processes ────────────────────────────────────────────────────────────────────────────────
@@ -358,6 +372,15 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 {headers}
+-- number the last user turn of each request (chat_body's UNIQUE_MARK), if the body has one
+local head, tail = wrk.body:match("^(.-)req%-000000(.*)$")
+if head then
+  local counter = 0
+  request = function()
+    counter = counter + 1
+    return wrk.format(nil, nil, nil, head .. string.format("req-%06d", counter % 1000000) .. tail)
+  end
+end
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -497,13 +520,16 @@ def loadgen_main(argv: Sequence[str]) -> int:
             t_start = time.perf_counter()
             deadline = t_start + args.duration
 
+            sent = [0]
+
             async def worker() -> None:
                 nonlocal nbytes
                 while time.perf_counter() < deadline:
                     t0 = time.perf_counter()
+                    sent[0] += 1
                     try:
                         async with session.post(
-                            args.url, data=body, headers=headers, ssl=False
+                            args.url, data=numbered(body, sent[0]), headers=headers, ssl=False
                         ) as r:
                             data = await r.read()
                             nbytes += len(data)
