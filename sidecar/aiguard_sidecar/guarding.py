@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import hashlib
+import json
 import logging
+import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -42,7 +45,8 @@ from typing import Any, Final
 from aiguard_api.config import ConfigError, SidecarConfig
 from aiguard_api.policy import AIPolicySpec, Mode, SecretKeyRef
 from aiguard_sidecar import hooks, review
-from aiguard_sidecar.exchange import Exchange, ResponseInfo, StreamEvent, TextDelta
+from aiguard_sidecar.exchange import Exchange, ResponseInfo, StreamEvent, TextDelta, set_at
+from aiguard_sidecar.guardrails import patterns, pii
 from aiguard_sidecar.guardrails.base import (
     Decision,
     Direction,
@@ -61,6 +65,9 @@ log = logging.getLogger("aiguard.sidecar.guarding")
 OFF_LOOP_CHARS: Final = 16384
 """Requests with more text than this are scanned in a worker thread, not on the event loop."""
 REVIEW_REASON: Final = "output cannot be held for human review: blocked"
+RESTORE: Final = "restore"
+"""The action of the ``("pii", ENTITY, "restore", n)`` counts: pseudonyms put back."""
+_PARTIAL: Final = re.compile(r"<[A-Z0-9_]*")
 _WARMUP: Final = "warm up: bob@example.com 4111 1111 1111 1111 AKIAIOSFODNN7EXAMPLE ignore that"
 _CACHE_SIZE: Final = 4
 
@@ -263,9 +270,21 @@ class EngineGuardrails:
         if verdict.decision in (Decision.REDACT, Decision.REVIEW) and self.enforce:
             for index, text in verdict.edits.items():  # an approved request goes on redacted
                 exchange.set_text(exchange.segments[index], text)
+            if verdict.pseudonyms:  # restored in the response (memory only, this request)
+                exchange.pseudonyms = verdict.pseudonyms
         return decision
 
     async def check_output(self, exchange: Exchange, response: ResponseInfo) -> hooks.GuardDecision:
+        decision = await self._check_output(exchange, response)
+        if exchange.pseudonyms and not decision.blocked and response.doc is not None:
+            restored = restore_response(response, exchange.pseudonyms)
+            if restored:
+                decision = dataclasses.replace(decision, counts=decision.counts + restored)
+        return decision
+
+    async def _check_output(
+        self, exchange: Exchange, response: ResponseInfo
+    ) -> hooks.GuardDecision:
         engine = self.engines.output
         if not engine.guardrails:
             return hooks.ALLOW
@@ -284,12 +303,50 @@ class EngineGuardrails:
 
     def output_stream(self, exchange: Exchange) -> hooks.StreamGuard | None:
         engine = self.engines.output
-        if not engine.guardrails:
+        if not engine.guardrails and not exchange.pseudonyms:
             return None
-        return _StreamGuard(engine, self.holdback, exchange.model or None)
+        return _StreamGuard(engine, self.holdback, exchange.model or None, exchange.pseudonyms)
 
     async def close(self) -> None:
         return None  # engines are shared through the cache; nothing to release
+
+
+# ── pseudonyms: restoring the originals in the response ──────────────────────────────────────
+
+
+def _escaped(mapping: Mapping[str, str]) -> dict[str, str]:
+    """The values as they must appear inside JSON source (tool-call arguments)."""
+    return {k: json.dumps(v, ensure_ascii=False)[1:-1] for k, v in mapping.items()}
+
+
+def _restore_counts(found: Iterable[str]) -> tuple[tuple[str, str, str, int], ...]:
+    c = collections.Counter(pii.entity_of(ph) for ph in found)
+    return tuple(("pii", entity, RESTORE, n) for entity, n in sorted(c.items()))
+
+
+def restore_response(
+    response: ResponseInfo, mapping: Mapping[str, str]
+) -> tuple[tuple[str, str, str, int], ...]:
+    """Put the originals back into a JSON response's body (its output segments: text and
+    tool-call arguments). The segments keep the provider's text (placeholders), so nothing
+    recorded about the response (capture, audit) holds a restored value. Returns the counts
+    ``("pii", ENTITY, "restore", n)``."""
+    if response.doc is None:
+        return ()
+    escaped: dict[str, str] | None = None
+    found: list[str] = []
+    for seg in response.segments:
+        spans = pii.placeholders(seg.text, mapping)
+        if not spans:
+            continue
+        if seg.json_text and escaped is None:
+            escaped = _escaped(mapping)
+        values = escaped if seg.json_text and escaped is not None else mapping
+        text = patterns.apply_replacements(seg.text, [(a, b, values[ph]) for a, b, ph in spans])
+        set_at(response.doc, seg.path, text)
+        response.modified = True
+        found.extend(ph for _, _, ph in spans)
+    return _restore_counts(found)
 
 
 # ── streams ──────────────────────────────────────────────────────────────────────────────────
@@ -298,6 +355,7 @@ class EngineGuardrails:
 @dataclass(slots=True)
 class _Slot:
     index: int
+    json_text: bool = False  # JSON source (tool-call arguments): restored values are escaped
     text: str = ""
     sent: int = 0  # original characters released so far
     reps: list[Replacement] = field(default_factory=list)  # absolute original coordinates
@@ -312,9 +370,25 @@ class _Held:
 
 
 class _StreamGuard:
-    def __init__(self, engine: Engine, holdback: int, model: str | None) -> None:
+    """Holdback, incremental scans and rewriting of one stream (see the module docstring).
+
+    Pseudonyms (``pseudonyms``: the request's placeholders): a placeholder in the output is
+    one more replacement, by the original value (JSON-escaped in tool-call arguments), so one
+    split across events is restored like a redaction across chunk boundaries; the holdback is
+    at least :data:`pii.MAX_PLACEHOLDER` and an event ending inside what may still become a
+    placeholder is not released until it is complete (or cannot be one)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        holdback: int,
+        model: str | None,
+        pseudonyms: Mapping[str, str] | None = None,
+    ) -> None:
         self.engine = engine
-        self.holdback = holdback
+        self.pseudonyms: Mapping[str, str] = pseudonyms or {}
+        self._escaped: dict[str, str] | None = None
+        self.holdback = max(holdback, pii.MAX_PLACEHOLDER) if self.pseudonyms else holdback
         self.ctx = ScanContext(Direction.OUTPUT, model)
         self.slots: dict[int | str, _Slot] = {}
         self.held: collections.deque[_Held] = collections.deque()
@@ -322,35 +396,89 @@ class _StreamGuard:
 
     def _scan(self, slot: _Slot) -> hooks.GuardDecision:
         start = max(0, slot.sent - self.holdback)
-        verdict = self.engine.check([Segment(slot.index, slot.text[start:], Role.OUTPUT)], self.ctx)
         new: list[Finding] = []
-        for f in verdict.findings:
-            key = (f.guardrail, f.type, -1 if (f.start, f.end) == (0, 0) else f.start + start)
-            if key not in slot.seen:
-                slot.seen.add(key)
-                new.append(f)
-        if verdict.decision >= Decision.REVIEW:
-            return decision_of("output", verdict)
-        edited = slot.index in verdict.edits
-        reps = verdict.replacements.get(slot.index)
-        if edited and reps is None:
-            return hooks.GuardDecision(
-                hooks.Verdict.BLOCK,
-                "guardrails.output",
-                "output redaction cannot be applied to a stream (no spans)",
-                len(new),
-                _counts(new),
+        fresh: list[Replacement] = []
+        if self.engine.guardrails:
+            verdict = self.engine.check(
+                [Segment(slot.index, slot.text[start:], Role.OUTPUT)], self.ctx
             )
-        fresh = [Replacement(r.start + start, r.end + start, r.text) for r in reps or ()]
+            for f in verdict.findings:
+                key = (f.guardrail, f.type, -1 if (f.start, f.end) == (0, 0) else f.start + start)
+                if key not in slot.seen:
+                    slot.seen.add(key)
+                    new.append(f)
+            if verdict.decision >= Decision.REVIEW:
+                return decision_of("output", verdict)
+            edited = slot.index in verdict.edits
+            reps = verdict.replacements.get(slot.index)
+            if edited and reps is None:
+                return hooks.GuardDecision(
+                    hooks.Verdict.BLOCK,
+                    "guardrails.output",
+                    "output redaction cannot be applied to a stream (no spans)",
+                    len(new),
+                    _counts(new),
+                )
+            fresh = [Replacement(r.start + start, r.end + start, r.text) for r in reps or ()]
+        restored: tuple[tuple[str, str, str, int], ...] = ()
+        if self.pseudonyms:
+            fresh, restored = self._restores(slot, start, fresh)
         slot.reps = [r for r in slot.reps if r.end <= start or r.start < slot.sent] + [
             r for r in fresh if r.start >= slot.sent or r.end > slot.sent
         ]
         slot.reps.sort(key=lambda r: (r.start, r.end))
         if not new:
-            return hooks.ALLOW
+            return hooks.GuardDecision(counts=restored) if restored else hooks.ALLOW
         return hooks.GuardDecision(
-            hooks.Verdict.ALLOW, "guardrails.output", _summary(new), len(new), _counts(new)
+            hooks.Verdict.ALLOW,
+            "guardrails.output",
+            _summary(new),
+            len(new),
+            _counts(new) + restored,
         )
+
+    def _restores(
+        self, slot: _Slot, start: int, fresh: list[Replacement]
+    ) -> tuple[list[Replacement], tuple[tuple[str, str, str, int], ...]]:
+        """``fresh`` plus a replacement by the original for each placeholder in the window
+        (a redaction overlapping a placeholder gives way); the counts of new ones."""
+        spans = pii.placeholders(slot.text[start:], self.pseudonyms)
+        if not spans:
+            return fresh, ()
+        values = self.pseudonyms
+        if slot.json_text:
+            if self._escaped is None:
+                self._escaped = _escaped(self.pseudonyms)
+            values = self._escaped
+        found: list[str] = []
+        restores: list[Replacement] = []
+        for a, b, ph in spans:
+            restores.append(Replacement(a + start, b + start, values[ph]))
+            key = ("pseudonym", ph, a + start)
+            if key not in slot.seen:
+                slot.seen.add(key)
+                found.append(ph)
+        kept = [r for r in fresh if not any(r.start < x.end and x.start < r.end for x in restores)]
+        return kept + restores, _restore_counts(found)
+
+    def _unfinished(self, h: _Held) -> bool:
+        """``h`` ends inside what may still become a placeholder (not released yet)."""
+        for slot, _, b in h.ranges:
+            at = slot.text.rfind("<", max(0, b - pii.MAX_PLACEHOLDER), b)
+            near = at >= 0 and len(slot.text) - at < pii.MAX_PLACEHOLDER
+            if near and _PARTIAL.fullmatch(slot.text, at):
+                return True
+        return False
+
+    def _snapshots(self, event: StreamEvent) -> None:
+        """A closing event repeating a slot's whole text gets the text the client was sent."""
+        for snap in event.snapshots:
+            slot = self.slots.get(snap.slot)
+            if slot is None:
+                continue
+            sent = self._rewrite(slot, 0, slot.sent)
+            if sent != snap.text:
+                event.set_text(snap, sent)
 
     def _rewrite(self, slot: _Slot, a: int, b: int) -> str:
         """The text to send for original span ``[a, b)`` of ``slot``."""
@@ -372,6 +500,8 @@ class _StreamGuard:
     def _release(self, *, everything: bool) -> list[StreamEvent]:
         out: list[StreamEvent] = []
         while self.held and (everything or self.held_chars > self.holdback):
+            if not everything and self.pseudonyms and self._unfinished(self.held[0]):
+                break
             h = self.held.popleft()
             self.held_chars -= h.chars
             for delta, (slot, a, b) in zip(list(h.event.deltas), h.ranges, strict=True):
@@ -383,10 +513,15 @@ class _StreamGuard:
         return out
 
     def _merge(self, a: hooks.GuardDecision, b: hooks.GuardDecision) -> hooks.GuardDecision:
-        if b.blocked or not a.findings:
-            return b if (b.blocked or b.findings) else a
-        if not b.findings:
+        if b.blocked:
+            return b
+        if not b.findings and not b.counts:
             return a
+        if not a.findings and not a.counts:
+            return b
+        if not a.findings or not b.findings:
+            first, other = (b, a) if b.findings else (a, b)
+            return dataclasses.replace(first, counts=first.counts + other.counts)
         return hooks.GuardDecision(
             a.verdict,
             a.rule,
@@ -399,6 +534,8 @@ class _StreamGuard:
         deltas: Sequence[TextDelta] = event.deltas
         if not deltas:
             if not self.held:
+                if event.snapshots:
+                    self._snapshots(event)
                 return hooks.ALLOW
             # No text: a finish, usage or terminal event. Release everything held first.
             found = hooks.ALLOW
@@ -406,13 +543,16 @@ class _StreamGuard:
                 found = self._merge(found, self._scan(each))
                 if found.blocked:
                     return found
-            return _with(found, hooks.Verdict.ALLOW, tuple(self._release(everything=True)))
+            released = tuple(self._release(everything=True))
+            if event.snapshots:
+                self._snapshots(event)
+            return _with(found, hooks.Verdict.ALLOW, released)
         ranges: list[tuple[_Slot, int, int]] = []
         touched: dict[int, _Slot] = {}
         for d in deltas:
             slot = self.slots.get(d.slot)
             if slot is None:
-                slot = self.slots[d.slot] = _Slot(len(self.slots))
+                slot = self.slots[d.slot] = _Slot(len(self.slots), d.json_text)
             a = len(slot.text)
             slot.text += d.text
             ranges.append((slot, a, len(slot.text)))
@@ -425,10 +565,10 @@ class _StreamGuard:
             found = self._merge(found, self._scan(slot))
             if found.blocked:
                 return found
-        released = self._release(everything=False)
-        if released and released[-1] is event:
-            return _with(found, hooks.Verdict.ALLOW, tuple(released[:-1]))
-        return _with(found, hooks.Verdict.HOLD, tuple(released))
+        now = self._release(everything=False)
+        if now and now[-1] is event:
+            return _with(found, hooks.Verdict.ALLOW, tuple(now[:-1]))
+        return _with(found, hooks.Verdict.HOLD, tuple(now))
 
     def on_end(self) -> hooks.GuardDecision:
         found = hooks.ALLOW

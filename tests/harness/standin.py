@@ -78,6 +78,7 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "StandInThread",
+    "ToolCall",
     "count_tokens",
     "main",
     "split_into_chunks",
@@ -262,6 +263,22 @@ class RecordedRequest:
 
 
 Reply = str | Sequence[str] | Callable[[RecordedRequest], str | Sequence[str]]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A scripted tool call as the reply (``ProviderStandIn.tool_call``): the model calls
+    ``name`` with the JSON ``arguments``, streamed in the given pieces (their concatenation
+    must be the whole JSON text). Anthropic's non-streamed ``input`` is the parsed object."""
+
+    name: str
+    arguments: Sequence[str]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.arguments)
+
+
 """A scripted reply: a text (split into ``stream_chunks`` pieces), an explicit list of stream
 chunks (used verbatim, so tests control chunk boundaries), or a function of the request."""
 
@@ -634,6 +651,7 @@ class ProviderStandIn:
             "anthropic": None if anthropic_keys is None else frozenset(anthropic_keys),
         }
         self.reply: Reply | None = reply
+        self.tool_call: ToolCall | None = None
         self.stream_chunks = stream_chunks
         self.chunk_delay = chunk_delay
         self.served_model = served_model
@@ -778,6 +796,7 @@ class ProviderStandIn:
         return {
             "api_keys": dict(self.api_keys),
             "reply": self.reply,
+            "tool_call": self.tool_call,
             "stream_chunks": self.stream_chunks,
             "chunk_delay": self.chunk_delay,
             "served_model": self.served_model,
@@ -1068,6 +1087,10 @@ class ProviderStandIn:
         chunks, cut = self._reply_chunks(ex, prompt.last_user, limit)
         text = "".join(chunks)
         finish = "length" if cut else "stop"
+        tool = self.tool_call
+        call_id = f"call_standin{ex.record.seq:06d}"
+        if tool is not None:
+            chunks, text, finish = list(tool.arguments), "", "tool_calls"
         prompt_tokens = sum(count_tokens(t) for t in prompt.texts)
         usage = _openai_usage(prompt_tokens, count_tokens(text))
         base = {
@@ -1090,9 +1113,22 @@ class ProviderStandIn:
                         "index": i,
                         "message": {
                             "role": "assistant",
-                            "content": text,
+                            "content": None if tool else text,
                             "refusal": None,
                             "annotations": [],
+                            **(
+                                {
+                                    "tool_calls": [
+                                        {
+                                            "id": call_id,
+                                            "type": "function",
+                                            "function": {"name": tool.name, "arguments": tool.text},
+                                        }
+                                    ]
+                                }
+                                if tool
+                                else {}
+                            ),
                         },
                         "logprobs": None,
                         "finish_reason": finish,
@@ -1130,8 +1166,22 @@ class ProviderStandIn:
                     )
                 )
             )
-        events.append(_Event(chunk({"role": "assistant", "content": "", "refusal": None})))
-        events.extend(_Event(chunk({"content": piece}), delta=True) for piece in chunks)
+        if tool is not None:
+            head = {"index": 0, "id": call_id, "type": "function"}
+            first = {**head, "function": {"name": tool.name, "arguments": ""}}
+            events.append(
+                _Event(chunk({"role": "assistant", "content": None, "tool_calls": [first]}))
+            )
+            events.extend(
+                _Event(
+                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    delta=True,
+                )
+                for piece in chunks
+            )
+        else:
+            events.append(_Event(chunk({"role": "assistant", "content": "", "refusal": None})))
+            events.extend(_Event(chunk({"content": piece}), delta=True) for piece in chunks)
         events.append(_Event(chunk({}, finish)))
         if include_usage:
             events.append(
@@ -1206,13 +1256,23 @@ class ProviderStandIn:
 
         final_status = "incomplete" if cut else "completed"
         part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
-        item = {
+        item: dict[str, Any] = {
             "id": message_id,
             "type": "message",
             "status": final_status,
             "role": "assistant",
             "content": [part],
         }
+        tool = self.tool_call
+        if tool is not None:
+            item = {
+                "id": f"fc_standin{seq:06d}",
+                "type": "function_call",
+                "status": "completed",
+                "call_id": f"call_standin{seq:06d}",
+                "name": tool.name,
+                "arguments": tool.text,
+            }
         final = response(final_status, [item], usage=True)
         if body.get("store") is not False:
             self.stored_responses[final["id"]] = final
@@ -1224,6 +1284,39 @@ class ProviderStandIn:
         def event(kind: str, **fields: Any) -> bytes:
             return _sse({"type": kind, "sequence_number": next(counter), **fields}, event=kind)
 
+        if tool is not None:
+            at = {"item_id": item["id"], "output_index": 0}
+            return _Stream(
+                [
+                    _Event(event("response.created", response=response("in_progress", [], False))),
+                    _Event(
+                        event(
+                            "response.output_item.added",
+                            output_index=0,
+                            item={**item, "status": "in_progress", "arguments": ""},
+                        )
+                    ),
+                    *(
+                        _Event(event("response.function_call_arguments.delta", **at, delta=p), True)
+                        for p in tool.arguments
+                    ),
+                    _Event(
+                        event("response.function_call_arguments.done", **at, arguments=tool.text)
+                    ),
+                    _Event(event("response.output_item.done", output_index=0, item=item)),
+                    _Event(event("response.completed", response=final)),
+                ],
+                lambda index: _sse(
+                    {
+                        "type": "error",
+                        "code": "server_error",
+                        "message": _OPENAI_SERVER_ERROR,
+                        "param": None,
+                        "sequence_number": index,
+                    },
+                    event="error",
+                ),
+            )
         where = {"item_id": message_id, "output_index": 0, "content_index": 0}
         events = [
             _Event(event("response.created", response=response("in_progress", [], False))),
@@ -1337,12 +1430,22 @@ class ProviderStandIn:
         stop_reason = "max_tokens" if cut else "end_turn"
         input_tokens = sum(count_tokens(t) for t in prompt.texts)
         output_tokens = count_tokens(text)
+        tool = self.tool_call
+        block: dict[str, Any] = {"type": "text", "text": text}
+        if tool is not None:
+            chunks, stop_reason = list(tool.arguments), "tool_use"
+            block = {
+                "type": "tool_use",
+                "id": f"toolu_standin{ex.record.seq:06d}",
+                "name": tool.name,
+                "input": json.loads(tool.text),
+            }
         message: dict[str, Any] = {
             "id": f"msg_standin{ex.record.seq:06d}",
             "type": "message",
             "role": "assistant",
             "model": self._served(requested),
-            "content": [{"type": "text", "text": text}],
+            "content": [block],
             "stop_reason": stop_reason,
             "stop_sequence": None,
             "usage": {
@@ -1369,7 +1472,9 @@ class ProviderStandIn:
                     {
                         "type": "content_block_start",
                         "index": 0,
-                        "content_block": {"type": "text", "text": ""},
+                        "content_block": {**block, "input": {}}
+                        if tool
+                        else {"type": "text", "text": ""},
                     },
                     "content_block_start",
                 )
@@ -1382,7 +1487,9 @@ class ProviderStandIn:
                     {
                         "type": "content_block_delta",
                         "index": 0,
-                        "delta": {"type": "text_delta", "text": piece},
+                        "delta": {"type": "input_json_delta", "partial_json": piece}
+                        if tool
+                        else {"type": "text_delta", "text": piece},
                     },
                     "content_block_delta",
                 ),
