@@ -648,7 +648,31 @@ class ModerationGuardrail(Model):
     endpoint_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="Optional external moderation endpoint (OpenAI moderation API format): "
-        "Secret key holding its URL.",
+        "Secret key holding its URL (`https://`; the full URL the sidecar POSTs to, e.g. "
+        "`https://api.openai.com/v1/moderations`). Its per-category verdicts are combined "
+        "with the local classifier's: a category the endpoint flags takes this guardrail's "
+        "action for it. Errors and timeouts: `spec.failureMode` decides.",
+    )
+    endpoint_api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the endpoint's API key (sent as `Authorization: Bearer`).",
+    )
+    endpoint_ca_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding a PEM CA bundle that verifies the endpoint's "
+        "certificate (default: the system trust store). The certificate is always verified.",
+    )
+    endpoint_model: str | None = Field(
+        default=None,
+        max_length=128,
+        description="`model` sent to the endpoint (e.g. `omni-moderation-latest`); none: "
+        "the endpoint's default.",
+    )
+    endpoint_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="How long one call to the endpoint may take before `spec.failureMode` decides.",
     )
 
 
@@ -829,13 +853,13 @@ class AIPolicySpec(Model):
             g = getattr(self.guardrails, side)
             if g.pii.hash_key_secret_ref:
                 refs.append((f"guardrails.{side}.pii.hashKeySecretRef", g.pii.hash_key_secret_ref))
-            if g.moderation.endpoint_secret_ref:
-                refs.append(
-                    (
-                        f"guardrails.{side}.moderation.endpointSecretRef",
-                        g.moderation.endpoint_secret_ref,
-                    )
-                )
+            for name, ref in (
+                ("endpointSecretRef", g.moderation.endpoint_secret_ref),
+                ("endpointApiKeySecretRef", g.moderation.endpoint_api_key_secret_ref),
+                ("endpointCaSecretRef", g.moderation.endpoint_ca_secret_ref),
+            ):
+                if ref:
+                    refs.append((f"guardrails.{side}.moderation.{name}", ref))
         if self.audit.hash_key_secret_ref:
             refs.append(("audit.hashKeySecretRef", self.audit.hash_key_secret_ref))
         if self.incidents.notify:

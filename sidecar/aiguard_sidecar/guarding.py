@@ -22,6 +22,22 @@ held until more than that many characters follow them, then released with their 
 by the redactions found so far (a match across chunk boundaries is caught while it is still
 held). An event without text (finish, usage, terminal) releases everything held. A block ends
 the stream (the pipeline writes the provider's error event); held text is never sent.
+Tool-call arguments stream as deltas too (their slots hold JSON source). Closing events that
+repeat a slot's whole text (the Responses API's ``*.done``, ``response.completed``) are set to
+the text the client was sent.
+
+Pseudonyms (``pii.pseudonymize``): the input verdict's placeholder → value mapping stays on
+the exchange for this request only (enforce mode); the originals are put back into the
+response the app receives, JSON (:func:`restore_response`) or streamed (a replacement in the
+holdback, so a placeholder cut across events is restored too). Audit counts them as
+``("pii", ENTITY, "restore")``; the mapping itself is never logged, audited or captured.
+
+External moderation endpoint (``moderation.endpointSecretRef``, ``moderation_endpoint.py``):
+asked after the local engine, about the text as it redacted it, unless the engine already
+blocks (JSON responses and requests; streamed output is checked by the local guardrails
+only). Its flagged categories take the policy's per-category action; an error or timeout is
+``failureMode``'s: closed raises (the pipeline answers 503), open is an ``endpoint_error``
+finding, counted and allowed.
 
 Engines are cached process-wide by the guardrails section of the policy (and the content of
 the Secrets it read), so a reload that changes only routes or limits does not recompile.
@@ -43,9 +59,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiguard_api.config import ConfigError, SidecarConfig
-from aiguard_api.policy import AIPolicySpec, Mode, SecretKeyRef
+from aiguard_api.policy import AIPolicySpec, FailureMode, Mode, SecretKeyRef
 from aiguard_sidecar import hooks, review
 from aiguard_sidecar.exchange import Exchange, ResponseInfo, StreamEvent, TextDelta, set_at
+from aiguard_sidecar.exchange import Segment as ExSegment
 from aiguard_sidecar.guardrails import patterns, pii
 from aiguard_sidecar.guardrails.base import (
     Decision,
@@ -59,6 +76,7 @@ from aiguard_sidecar.guardrails.base import (
 )
 from aiguard_sidecar.guardrails.engine import Engine, Engines, build_engines
 from aiguard_sidecar.guardrails.validation import RequestFacts
+from aiguard_sidecar.moderation_endpoint import EndpointError, ModerationEndpoint, error_verdict
 
 log = logging.getLogger("aiguard.sidecar.guarding")
 
@@ -215,6 +233,8 @@ class EngineGuardrails:
         review_cfg = cfg.spec.guardrails.input.review
         self.review_tools = review_cfg.enabled and bool(review_cfg.tools)
         self._engines: Engines | None = None
+        self._endpoints: dict[str, ModerationEndpoint] = {}
+        """External moderation endpoints by side (``moderation_endpoint.py``)."""
 
     async def prepare(self) -> None:
         """Build the engines in a worker thread (``runtime.build`` awaits this)."""
@@ -227,6 +247,12 @@ class EngineGuardrails:
             raise
         except Exception as e:
             raise ConfigError(f"spec.guardrails: cannot build the guardrails: {e}") from e
+        for side in ("input", "output"):
+            moderation = getattr(self.cfg.spec.guardrails, side).moderation
+            if moderation.enabled and moderation.endpoint_secret_ref is not None:
+                self._endpoints[side] = await ModerationEndpoint.load(
+                    moderation, self.cfg.secret_path, side
+                )
         for engine in (self._engines.input, self._engines.output):
             if engine.unavailable:
                 log.warning(
@@ -266,6 +292,7 @@ class EngineGuardrails:
         else:
             scanned = engine.check(segments, ctx, unscannable=unscannable)
         verdict.merge(scanned)
+        await self._ask_endpoint("input", verdict, exchange.segments)
         decision = decision_of("input", verdict)
         if verdict.decision in (Decision.REDACT, Decision.REVIEW) and self.enforce:
             for index, text in verdict.edits.items():  # an approved request goes on redacted
@@ -282,11 +309,36 @@ class EngineGuardrails:
                 decision = dataclasses.replace(decision, counts=decision.counts + restored)
         return decision
 
+    async def _ask_endpoint(
+        self, side: str, verdict: Verdict, segments: Sequence[ExSegment]
+    ) -> None:
+        """The external moderation endpoint's findings, merged into ``verdict``. It is asked
+        after the local guardrails, about the text as they redacted it, and not at all when
+        they already block. An error: ``failureMode`` closed raises it (the pipeline answers
+        503 in the client's format); open counts it as a finding and allows."""
+        endpoint = self._endpoints.get(side)
+        if endpoint is None or verdict.decision is Decision.BLOCK:
+            return
+        texts = [
+            Segment(i, verdict.edits.get(i, s.text), Role(s.role.value))
+            for i, s in enumerate(segments)
+        ]
+        try:
+            remote = await endpoint.check(texts)
+        except EndpointError as e:
+            if self.cfg.spec.failure_mode is not FailureMode.OPEN:
+                raise
+            remote = error_verdict(side, e)
+        verdict.findings.extend(remote.findings)
+        if remote.decision > verdict.decision:
+            verdict.decision = remote.decision
+            verdict.reason = remote.reason
+
     async def _check_output(
         self, exchange: Exchange, response: ResponseInfo
     ) -> hooks.GuardDecision:
         engine = self.engines.output
-        if not engine.guardrails:
+        if not engine.guardrails and "output" not in self._endpoints:
             return hooks.ALLOW
         segments = [Segment(i, s.text, Role.OUTPUT) for i, s in enumerate(response.segments)]
         ctx = ScanContext(Direction.OUTPUT, response.served_model or exchange.model or None)
@@ -295,6 +347,7 @@ class EngineGuardrails:
             verdict = await loop.run_in_executor(None, lambda: engine.check(segments, ctx))
         else:
             verdict = engine.check(segments, ctx)
+        await self._ask_endpoint("output", verdict, response.segments)
         decision = decision_of("output", verdict)
         if verdict.decision is Decision.REDACT and self.enforce and response.doc is not None:
             for index, text in verdict.edits.items():
@@ -308,7 +361,10 @@ class EngineGuardrails:
         return _StreamGuard(engine, self.holdback, exchange.model or None, exchange.pseudonyms)
 
     async def close(self) -> None:
-        return None  # engines are shared through the cache; nothing to release
+        # Engines are shared through the cache; only the endpoint clients are this policy's.
+        endpoints, self._endpoints = list(self._endpoints.values()), {}
+        for endpoint in endpoints:
+            await endpoint.close()
 
 
 # ── pseudonyms: restoring the originals in the response ──────────────────────────────────────

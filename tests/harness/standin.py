@@ -11,6 +11,7 @@ Endpoints::
     POST /v1/chat/completions                       OpenAI chat (JSON or SSE)
     POST /v1/responses                              OpenAI Responses API (JSON or SSE)
     POST /v1/embeddings                             OpenAI embeddings (float or base64)
+    POST /v1/moderations                            OpenAI moderation (``moderation_rules``)
     GET  /v1/models, /v1/models/{id}                OpenAI or Anthropic format (by headers)
     POST /v1/messages                               Anthropic messages (JSON or SSE)
     POST /v1/messages/count_tokens                  Anthropic token counting
@@ -96,6 +97,7 @@ Operation = Literal[
     "model",
     "messages",
     "count_tokens",
+    "moderations",
     "unknown",
 ]
 FaultKind = Literal[
@@ -116,6 +118,21 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "claude-haiku-4-5",
 )
 
+MODERATION_CATEGORIES: tuple[str, ...] = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
 _CREATED = 1_700_000_000  # a fixed creation time for listed models
 _JSON = "application/json"
 
@@ -518,6 +535,7 @@ _ROUTES: tuple[_Route, ...] = (
     _route("GET", r"/v1/responses/(?P<response_id>[^/]+)", "openai", "response"),
     _route("DELETE", r"/v1/responses/(?P<response_id>[^/]+)", "openai", "response"),
     _route("POST", r"/v1/embeddings", "openai", "embeddings"),
+    _route("POST", r"/v1/moderations", "openai", "moderations"),
     _route("GET", r"/v1/models", None, "models"),
     _route("GET", r"/v1/models/(?P<model>[^/]+)", None, "model"),
     _route("POST", r"/v1/messages", "anthropic", "messages"),
@@ -652,6 +670,10 @@ class ProviderStandIn:
         }
         self.reply: Reply | None = reply
         self.tool_call: ToolCall | None = None
+        self.moderation_rules: dict[str, str] = {}
+        """``/v1/moderations``: an input containing a key (case-insensitive) is flagged in the
+        category it maps to (e.g. ``{"stab him": "violence/graphic"}``); nothing else is."""
+        """When set, replies are this tool call instead of text (chat, responses, messages)."""
         self.stream_chunks = stream_chunks
         self.chunk_delay = chunk_delay
         self.served_model = served_model
@@ -797,6 +819,7 @@ class ProviderStandIn:
             "api_keys": dict(self.api_keys),
             "reply": self.reply,
             "tool_call": self.tool_call,
+            "moderation_rules": dict(self.moderation_rules),
             "stream_chunks": self.stream_chunks,
             "chunk_delay": self.chunk_delay,
             "served_model": self.served_model,
@@ -914,7 +937,7 @@ class ProviderStandIn:
             return _responses_prompt(body)
         if route.operation in ("messages", "count_tokens"):
             return _anthropic_prompt(body)
-        if route.operation == "embeddings":
+        if route.operation in ("embeddings", "moderations"):
             inputs = _embedding_inputs(body.get("input"))
             return _Prompt(tuple(inputs), inputs[-1] if inputs else "")
         return _Prompt((), "")
@@ -953,6 +976,8 @@ class ProviderStandIn:
             return self._get_model(ex)
         if operation == "embeddings":
             return self._embeddings(ex)
+        if operation == "moderations":
+            return self._moderations(ex)
         if operation == "count_tokens":
             self._require(ex, "model", "messages")
             return {"input_tokens": sum(count_tokens(t) for t in ex.record.texts)}
@@ -1354,6 +1379,31 @@ class ProviderStandIn:
         return _Stream(
             events, lambda index: _sse({**error, "sequence_number": index}, event="error")
         )
+
+    # OpenAI moderation ──────────────────────────────────────────────────────────────────────
+
+    def _moderations(self, ex: _Exchange) -> dict[str, Any]:
+        self._require(ex, "input")
+        model = ex.body.get("model") or "omni-moderation-latest"
+        results = []
+        for text in _embedding_inputs(ex.body.get("input")):
+            hits = {
+                category
+                for needle, category in self.moderation_rules.items()
+                if needle.lower() in text.lower()
+            }
+            flagged = hits | {c.split("/", 1)[0] for c in hits}
+            results.append(
+                {
+                    "flagged": bool(hits),
+                    "categories": {c: c in flagged for c in MODERATION_CATEGORIES},
+                    "category_scores": {
+                        c: 0.97 if c in flagged else 0.001 for c in MODERATION_CATEGORIES
+                    },
+                    "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES},
+                }
+            )
+        return {"id": f"modr-standin{ex.record.seq:06d}", "model": model, "results": results}
 
     # OpenAI embeddings and models ──────────────────────────────────────────────────────────────
 
