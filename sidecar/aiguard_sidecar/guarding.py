@@ -430,9 +430,10 @@ class _StreamGuard:
 
     Pseudonyms (``pseudonyms``: the request's placeholders): a placeholder in the output is
     one more replacement, by the original value (JSON-escaped in tool-call arguments), so one
-    split across events is restored like a redaction across chunk boundaries; the holdback is
-    at least :data:`pii.MAX_PLACEHOLDER` and an event ending inside what may still become a
-    placeholder is not released until it is complete (or cannot be one)."""
+    split across events is restored like a redaction across chunk boundaries: an event ending
+    inside what may still become a placeholder (``<`` and capitals, digits, ``_``, at most
+    :data:`pii.MAX_PLACEHOLDER` characters) is held until it is complete or cannot be one,
+    whatever the holdback."""
 
     def __init__(
         self,
@@ -444,7 +445,7 @@ class _StreamGuard:
         self.engine = engine
         self.pseudonyms: Mapping[str, str] = pseudonyms or {}
         self._escaped: dict[str, str] | None = None
-        self.holdback = max(holdback, pii.MAX_PLACEHOLDER) if self.pseudonyms else holdback
+        self.holdback = holdback
         self.ctx = ScanContext(Direction.OUTPUT, model)
         self.slots: dict[int | str, _Slot] = {}
         self.held: collections.deque[_Held] = collections.deque()
