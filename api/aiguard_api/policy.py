@@ -651,7 +651,9 @@ class ModerationGuardrail(Model):
         "Secret key holding its URL (`https://`; the full URL the sidecar POSTs to, e.g. "
         "`https://api.openai.com/v1/moderations`). Its per-category verdicts are combined "
         "with the local classifier's: a category the endpoint flags takes this guardrail's "
-        "action for it. Errors and timeouts: `spec.failureMode` decides.",
+        "action for it; a streamed answer is sent once, whole, at its end (flagged, the "
+        "stream ends with an error event instead of completing). Errors and timeouts: "
+        "`spec.failureMode` decides.",
     )
     endpoint_api_key_secret_ref: SecretKeyRef | None = Field(
         default=None,

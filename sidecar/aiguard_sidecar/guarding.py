@@ -34,10 +34,13 @@ holdback, so a placeholder cut across events is restored too). Audit counts them
 
 External moderation endpoint (``moderation.endpointSecretRef``, ``moderation_endpoint.py``):
 asked after the local engine, about the text as it redacted it, unless the engine already
-blocks (JSON responses and requests; streamed output is checked by the local guardrails
-only). Its flagged categories take the policy's per-category action; an error or timeout is
-``failureMode``'s: closed raises (the pipeline answers 503), open is an ``endpoint_error``
-finding, counted and allowed.
+blocks. A streamed response is sent to it once, whole, when the provider's stream ends
+(``_StreamGuard.finish``): the text has reached the client by then (the finish event released
+the holdback), but a flagged answer never completes — its terminal event gives way to an error
+event, which the SDKs raise, and the audit event records the block.
+Its flagged categories take the policy's per-category action; an error or timeout is
+``failureMode``'s: closed raises (the pipeline answers 503; in a stream: the error event),
+open is an ``endpoint_error`` finding, counted and allowed.
 
 Engines are cached process-wide by the guardrails section of the policy (and the content of
 the Secrets it read), so a reload that changes only routes or limits does not recompile.
@@ -76,7 +79,12 @@ from aiguard_sidecar.guardrails.base import (
 )
 from aiguard_sidecar.guardrails.engine import Engine, Engines, build_engines
 from aiguard_sidecar.guardrails.validation import RequestFacts
-from aiguard_sidecar.moderation_endpoint import EndpointError, ModerationEndpoint, error_verdict
+from aiguard_sidecar.moderation_endpoint import (
+    ENDPOINT_ERROR,
+    EndpointError,
+    ModerationEndpoint,
+    error_verdict,
+)
 
 log = logging.getLogger("aiguard.sidecar.guarding")
 
@@ -356,9 +364,17 @@ class EngineGuardrails:
 
     def output_stream(self, exchange: Exchange) -> hooks.StreamGuard | None:
         engine = self.engines.output
-        if not engine.guardrails and not exchange.pseudonyms:
+        endpoint = self._endpoints.get("output")
+        if not engine.guardrails and not exchange.pseudonyms and endpoint is None:
             return None
-        return _StreamGuard(engine, self.holdback, exchange.model or None, exchange.pseudonyms)
+        return _StreamGuard(
+            engine,
+            self.holdback,
+            exchange.model or None,
+            exchange.pseudonyms,
+            endpoint=endpoint,
+            failure_open=self.cfg.spec.failure_mode is FailureMode.OPEN,
+        )
 
     async def close(self) -> None:
         # Engines are shared through the cache; only the endpoint clients are this policy's.
@@ -441,8 +457,13 @@ class _StreamGuard:
         holdback: int,
         model: str | None,
         pseudonyms: Mapping[str, str] | None = None,
+        *,
+        endpoint: ModerationEndpoint | None = None,
+        failure_open: bool = False,
     ) -> None:
         self.engine = engine
+        self.endpoint = endpoint
+        self.failure_open = failure_open
         self.pseudonyms: Mapping[str, str] = pseudonyms or {}
         self._escaped: dict[str, str] | None = None
         self.holdback = holdback
@@ -537,11 +558,14 @@ class _StreamGuard:
             if sent != snap.text:
                 event.set_text(snap, sent)
 
-    def _rewrite(self, slot: _Slot, a: int, b: int) -> str:
-        """The text to send for original span ``[a, b)`` of ``slot``."""
+    def _rewrite(
+        self, slot: _Slot, a: int, b: int, reps: Sequence[Replacement] | None = None
+    ) -> str:
+        """The text to send for original span ``[a, b)`` of ``slot`` (``reps``: instead of
+        the slot's replacements)."""
         out: list[str] = []
         pos = a
-        for r in slot.reps:
+        for r in slot.reps if reps is None else reps:
             if r.end <= a and r.start < a:
                 continue
             if r.start >= b:
@@ -626,6 +650,50 @@ class _StreamGuard:
         if now and now[-1] is event:
             return _with(found, hooks.Verdict.ALLOW, tuple(now[:-1]))
         return _with(found, hooks.Verdict.HOLD, tuple(now))
+
+    async def finish(self) -> hooks.GuardDecision:
+        """The end of the stream (the pipeline awaits it instead of :meth:`on_end`): the
+        remaining scans, then the external moderation endpoint over the whole output as
+        redacted (pseudonyms not restored). A block there withholds what is still held (usually
+        nothing: an event without text released it) and the terminal event: the stream ends
+        with an error event."""
+        end = self.on_end()
+        if end.blocked or self.endpoint is None or not self.slots:
+            return end
+        texts = [
+            Segment(
+                slot.index,
+                self._rewrite(slot, 0, len(slot.text), self._redactions(slot)),
+                Role.OUTPUT,
+            )
+            for slot in self.slots.values()
+        ]
+        try:
+            remote = await self.endpoint.check(texts)
+        except EndpointError as e:
+            if not self.failure_open:
+                log.warning(
+                    "moderation endpoint failed; failureMode closed: stream ended",
+                    extra={"fields": {"direction": "output", "error": str(e)}},
+                )
+                return hooks.GuardDecision(
+                    hooks.Verdict.BLOCK,
+                    "guardrails.output.moderation",
+                    "moderation: the external endpoint failed; failureMode closed",
+                    1,
+                    (("moderation", ENDPOINT_ERROR, "block", 1),),
+                )
+            remote = error_verdict("output", e)
+        found = decision_of("output", remote)
+        if found.blocked:
+            return found
+        return _with(self._merge(end, found), hooks.Verdict.ALLOW, end.released)
+
+    def _redactions(self, slot: _Slot) -> list[Replacement]:
+        """The slot's replacements but the pseudonym restorations (never sent elsewhere)."""
+        if not self.pseudonyms:
+            return slot.reps
+        return [r for r in slot.reps if slot.text[r.start : r.end] not in self.pseudonyms]
 
     def on_end(self) -> hooks.GuardDecision:
         found = hooks.ALLOW

@@ -192,3 +192,60 @@ async def test_the_endpoint_certificate_is_verified(
         await _chat(sc, "what is the capital of France?")
     assert info.value.status_code == 503
     assert upstream.requests_to(MODERATIONS) == []
+
+
+async def _stream_chat(sc: Sidecar, text: str) -> tuple[str, str | None]:
+    stream = await sc.openai().chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": text}], stream=True
+    )
+    seen: list[str] = []
+    try:
+        async for chunk in stream:
+            if chunk.choices:
+                seen.append(chunk.choices[0].delta.content or "")
+    except openai.APIError as e:
+        return "".join(seen), e.message
+    return "".join(seen), None
+
+
+async def test_a_flagged_streamed_answer_never_completes(
+    start_sidecar: StartSidecar, upstream: ProviderStandIn, secrets: SecretVolume
+) -> None:
+    """The endpoint sees the whole streamed answer once, at its end: flagged, the stream's
+    terminal event gives way to an error event (the text itself was released by then)."""
+    sc = await _start(start_sidecar, upstream, secrets, side="output")
+    upstream.reply = ["Here it is: ", "the purple ", "giraffe, ", "as asked."]
+    text, error = await _stream_chat(sc, "hello")
+    assert error is not None
+    assert "guardrails.output.moderation" in error
+    assert "violence" in error
+    assert text == "Here it is: the purple giraffe, as asked."
+    (asked,) = upstream.requests_to(MODERATIONS)
+    assert asked.body["input"] == ["Here it is: the purple giraffe, as asked."]
+    rec = sc.sink.last
+    assert rec.outcome == "guardrail_blocked"
+    assert rec.findings[("output", "moderation", "violence", "block")] == 1
+
+
+@pytest.mark.parametrize("failure_mode", ["closed", "open"])
+async def test_endpoint_down_at_the_end_of_a_stream(
+    start_sidecar: StartSidecar,
+    upstream: ProviderStandIn,
+    secrets: SecretVolume,
+    failure_mode: str,
+) -> None:
+    sc = await _start(start_sidecar, upstream, secrets, side="output", failure_mode=failure_mode)
+    upstream.fail_always(Fault.http(502), path=MODERATIONS)
+    upstream.reply = ["A harmless ", "answer."]
+    text, error = await _stream_chat(sc, "hello")
+    rec = sc.sink.last
+    if failure_mode == "closed":
+        assert error is not None
+        assert "failureMode closed" in error
+        assert rec.outcome == "guardrail_blocked"
+        assert rec.findings[("output", "moderation", "endpoint_error", "block")] == 1
+    else:
+        assert error is None
+        assert text == "A harmless answer."
+        assert rec.outcome == "ok"
+        assert rec.findings[("output", "moderation", "endpoint_error", "allow")] == 1
