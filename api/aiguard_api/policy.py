@@ -569,7 +569,13 @@ class PIIGuardrail(Model):
     pseudonymize: bool = Field(
         default=False,
         description="Replace values with stable placeholders and restore the originals in "
-        "the response the app receives (reversible redaction).",
+        "the response the app receives (reversible redaction): `redact` entities, custom "
+        "patterns and deny lists become `<ENTITY_N>` (the same value, the same placeholder "
+        "within a request). Input side: the provider's text and tool-call arguments, JSON or "
+        "streamed, get the values back (output side: the placeholders stay). The mapping "
+        "lives in memory for the request only (never logged or "
+        "audited; audit counts restorations), so a stored response fetched later keeps the "
+        "placeholders.",
     )
     hash_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Key for the `hash` action (HMAC-SHA-256)."
