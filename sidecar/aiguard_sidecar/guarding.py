@@ -432,6 +432,7 @@ class _Slot:
     sent: int = 0  # original characters released so far
     reps: list[Replacement] = field(default_factory=list)  # absolute original coordinates
     seen: set[tuple[str, str, int]] = field(default_factory=set)  # findings already counted
+    restores: dict[int, Replacement] = field(default_factory=dict)  # placeholder start → rep
 
 
 @dataclass(slots=True)
@@ -530,14 +531,18 @@ class _StreamGuard:
             values = self._escaped
         found: list[str] = []
         restores: list[Replacement] = []
+        known = slot.restores
         for a, b, ph in spans:
-            restores.append(Replacement(a + start, b + start, values[ph]))
-            key = ("pseudonym", ph, a + start)
-            if key not in slot.seen:
-                slot.seen.add(key)
+            r = known.get(a + start)
+            if r is None:  # a placeholder seen for the first time: counted once
+                r = known[a + start] = Replacement(a + start, b + start, values[ph])
                 found.append(ph)
-        kept = [r for r in fresh if not any(r.start < x.end and x.start < r.end for x in restores)]
-        return kept + restores, _restore_counts(found)
+            restores.append(r)
+        if fresh:
+            fresh = [
+                r for r in fresh if not any(r.start < x.end and x.start < r.end for x in restores)
+            ]
+        return fresh + restores, _restore_counts(found) if found else ()
 
     def _unfinished(self, h: _Held) -> bool:
         """``h`` ends inside what may still become a placeholder (not released yet)."""
