@@ -577,6 +577,14 @@ class PIIGuardrail(Model):
         "audited; audit counts restorations), so a stored response fetched later keeps the "
         "placeholders.",
     )
+    restore_tool_arguments: bool = Field(
+        default=True,
+        description="With `pseudonymize` (input side): also restore the values inside the "
+        "tool-call arguments the model returns, so an agent's `send_email(to=<EMAIL_ADDRESS_1>)` "
+        "reaches the tool with the real address. Off: only the answer's text gets them back; "
+        "a tool call the model was steered into (indirect prompt injection) can then never "
+        "carry the values out, at the price of the app mapping placeholders itself.",
+    )
     hash_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Key for the `hash` action (HMAC-SHA-256)."
     )

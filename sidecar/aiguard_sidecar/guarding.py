@@ -65,6 +65,7 @@ from aiguard_api.config import ConfigError, SidecarConfig
 from aiguard_api.policy import AIPolicySpec, FailureMode, Mode, SecretKeyRef
 from aiguard_sidecar import hooks, review
 from aiguard_sidecar.exchange import Exchange, ResponseInfo, StreamEvent, TextDelta, set_at
+from aiguard_sidecar.exchange import Role as ExRole
 from aiguard_sidecar.exchange import Segment as ExSegment
 from aiguard_sidecar.guardrails import patterns, pii
 from aiguard_sidecar.guardrails.base import (
@@ -240,6 +241,7 @@ class EngineGuardrails:
         self.holdback = cfg.spec.guardrails.output.streaming.holdback_chars
         review_cfg = cfg.spec.guardrails.input.review
         self.review_tools = review_cfg.enabled and bool(review_cfg.tools)
+        self.restore_tools = cfg.spec.guardrails.input.pii.restore_tool_arguments
         self._engines: Engines | None = None
         self._endpoints: dict[str, ModerationEndpoint] = {}
         """External moderation endpoints by side (``moderation_endpoint.py``)."""
@@ -312,7 +314,7 @@ class EngineGuardrails:
     async def check_output(self, exchange: Exchange, response: ResponseInfo) -> hooks.GuardDecision:
         decision = await self._check_output(exchange, response)
         if exchange.pseudonyms and not decision.blocked and response.doc is not None:
-            restored = restore_response(response, exchange.pseudonyms)
+            restored = restore_response(response, exchange.pseudonyms, tools=self.restore_tools)
             if restored:
                 decision = dataclasses.replace(decision, counts=decision.counts + restored)
         return decision
@@ -372,6 +374,7 @@ class EngineGuardrails:
             self.holdback,
             exchange.model or None,
             exchange.pseudonyms,
+            restore_tools=self.restore_tools,
             endpoint=endpoint,
             failure_open=self.cfg.spec.failure_mode is FailureMode.OPEN,
         )
@@ -397,17 +400,19 @@ def _restore_counts(found: Iterable[str]) -> tuple[tuple[str, str, str, int], ..
 
 
 def restore_response(
-    response: ResponseInfo, mapping: Mapping[str, str]
+    response: ResponseInfo, mapping: Mapping[str, str], *, tools: bool = True
 ) -> tuple[tuple[str, str, str, int], ...]:
     """Put the originals back into a JSON response's body (its output segments: text and
     tool-call arguments). The segments keep the provider's text (placeholders), so nothing
     recorded about the response (capture, audit) holds a restored value. Returns the counts
-    ``("pii", ENTITY, "restore", n)``."""
+    ``("pii", ENTITY, "restore", n)``. ``tools`` off: tool-call arguments keep them."""
     if response.doc is None:
         return ()
     escaped: dict[str, str] | None = None
     found: list[str] = []
     for seg in response.segments:
+        if not tools and seg.role is ExRole.TOOL_CALL:
+            continue
         spans = pii.placeholders(seg.text, mapping)
         if not spans:
             continue
@@ -459,6 +464,7 @@ class _StreamGuard:
         model: str | None,
         pseudonyms: Mapping[str, str] | None = None,
         *,
+        restore_tools: bool = True,
         endpoint: ModerationEndpoint | None = None,
         failure_open: bool = False,
     ) -> None:
@@ -466,6 +472,7 @@ class _StreamGuard:
         self.endpoint = endpoint
         self.failure_open = failure_open
         self.pseudonyms: Mapping[str, str] = pseudonyms or {}
+        self.restore_tools = restore_tools  # off: tool-call argument slots (JSON) keep them
         self._escaped: dict[str, str] | None = None
         self.holdback = holdback
         self.ctx = ScanContext(Direction.OUTPUT, model)
@@ -521,6 +528,8 @@ class _StreamGuard:
     ) -> tuple[list[Replacement], tuple[tuple[str, str, str, int], ...]]:
         """``fresh`` plus a replacement by the original for each placeholder in the window
         (a redaction overlapping a placeholder gives way); the counts of new ones."""
+        if slot.json_text and not self.restore_tools:
+            return fresh, ()
         spans = pii.placeholders(slot.text[start:], self.pseudonyms)
         if not spans:
             return fresh, ()

