@@ -39,8 +39,9 @@ blocks. A streamed response is sent to it once, whole, when the provider's strea
 the holdback), but a flagged answer never completes — its terminal event gives way to an error
 event, which the SDKs raise, and the audit event records the block.
 Its flagged categories take the policy's per-category action; an error or timeout is
-``failureMode``'s: closed raises (the pipeline answers 503; in a stream: the error event),
-open is an ``endpoint_error`` finding, counted and allowed.
+``failureMode``'s: closed raises (the pipeline answers 503; in a stream: the error event;
+in ``mode: audit`` a recorded block, not enforced), open is an ``endpoint_error`` finding,
+counted and allowed.
 
 Engines are cached process-wide by the guardrails section of the policy (and the content of
 the Secrets it read), so a reload that changes only routes or limits does not recompile.
@@ -336,9 +337,12 @@ class EngineGuardrails:
         try:
             remote = await endpoint.check(texts)
         except EndpointError as e:
-            if self.cfg.spec.failure_mode is not FailureMode.OPEN:
+            if self.cfg.spec.failure_mode is FailureMode.OPEN:
+                remote = error_verdict(side, e)
+            elif self.enforce:
                 raise
-            remote = error_verdict(side, e)
+            else:  # mode audit: the block closed would be, recorded and not enforced
+                remote = error_verdict(side, e, closed=True)
         verdict.findings.extend(remote.findings)
         if remote.decision > verdict.decision:
             verdict.decision = remote.decision

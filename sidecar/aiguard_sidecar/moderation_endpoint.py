@@ -206,10 +206,23 @@ class ModerationEndpoint:
         return results
 
 
-def error_verdict(side: str, error: EndpointError) -> Verdict:
-    """``failureMode: open``: the failure is a counted, allowed finding (audit and metrics)."""
+def error_verdict(side: str, error: EndpointError, *, closed: bool = False) -> Verdict:
+    """``failureMode: open``: the failure is a counted, allowed finding (audit and metrics).
+    ``closed`` (``mode: audit``): a block, which the pipeline records without enforcing."""
     log.warning(
-        "moderation endpoint failed; failureMode open: allowed",
-        extra={"fields": {"direction": side, "error": str(error)}},
+        "moderation endpoint failed",
+        extra={
+            "fields": {
+                "direction": side,
+                "error": str(error),
+                "failure_mode": "closed" if closed else "open",
+            }
+        },
     )
+    if closed:
+        return Verdict(
+            decision=Decision.BLOCK,
+            findings=[Finding(GUARDRAIL, ENDPOINT_ERROR, -1, 0, 0, 1.0, "block")],
+            reason=f"{GUARDRAIL}: the external endpoint failed; failureMode closed",
+        )
     return Verdict(findings=[Finding(GUARDRAIL, ENDPOINT_ERROR, -1, 0, 0, 1.0, "allow")])

@@ -34,6 +34,12 @@ def _moderation(**extra: Any) -> dict[str, Any]:
     }
 
 
+def _endpoint(upstream: ProviderStandIn, secrets: SecretVolume) -> None:
+    """The endpoint's URL in its Secret; what the stand-in's /v1/moderations flags."""
+    secrets.write("moderation", {"url": f"{upstream.url}{MODERATIONS}\n"})
+    upstream.moderation_rules = {TRIGGER: "violence/graphic", "grumpy cat": "hate"}
+
+
 async def _start(
     start_sidecar: StartSidecar,
     upstream: ProviderStandIn,
@@ -43,8 +49,7 @@ async def _start(
     failure_mode: str = "closed",
     **extra: Any,
 ) -> Sidecar:
-    secrets.write("moderation", {"url": f"{upstream.url}{MODERATIONS}\n"})
-    upstream.moderation_rules = {TRIGGER: "violence/graphic", "grumpy cat": "hate"}
+    _endpoint(upstream, secrets)
     g: dict[str, Any] = {"input": {"promptInjection": {"enabled": False}}}
     g[side] = {**g.get(side, {}), "moderation": _moderation(**extra)}
     doc = make_policy(upstream, guardrails=g, failureMode=failure_mode)
@@ -249,3 +254,24 @@ async def test_endpoint_down_at_the_end_of_a_stream(
         assert text == "A harmless answer."
         assert rec.outcome == "ok"
         assert rec.findings[("output", "moderation", "endpoint_error", "allow")] == 1
+
+
+async def test_endpoint_down_in_audit_mode_records_the_block_it_would_be(
+    start_sidecar: StartSidecar, upstream: ProviderStandIn, secrets: SecretVolume
+) -> None:
+    _endpoint(upstream, secrets)
+    doc = make_policy(
+        upstream,
+        mode="audit",
+        guardrails={"input": {"promptInjection": {"enabled": False}, "moderation": _moderation()}},
+    )
+    sc = await start_sidecar(doc, guardrails=guardrails)
+    upstream.fail_always(Fault.http(503), path=MODERATIONS)
+    r = await _chat(sc, "what is the capital of France?")
+    assert r.choices[0].message.content == "echo: what is the capital of France?"
+    rec = sc.sink.last
+    assert rec.outcome == "ok"
+    assert rec.findings[("input", "moderation", "endpoint_error", "block")] == 1
+    (decision,) = [d for d in rec.decisions if d.stage == "guardrail"]
+    assert (decision.allowed, decision.enforced) == (False, False)
+    assert decision.rule == "guardrails.input.moderation"
