@@ -19,8 +19,9 @@ redacted (the endpoint is a third party: it sees what the provider would see).
 
 Any failure (connection, TLS, timeout, HTTP error, a body that is not the format) raises
 :class:`EndpointError` naming what failed, never the text; the caller applies
-``spec.failureMode``. Nothing here blocks the event loop: the secrets and the CA are read in a
-worker thread when the policy loads.
+``spec.failureMode``. Nothing here blocks the event loop: the Secrets and the CA are read in a
+worker thread when the policy loads, and again every ``REFRESH_SECONDS`` on use (a rotated key,
+URL or CA is picked up; one gone keeps the last good settings).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ GUARDRAIL: Final = "moderation"
 ENDPOINT_ERROR: Final = "endpoint_error"
 """Finding type of a failed call under ``failureMode: open`` (counted, then allowed)."""
 MAX_RESPONSE_BYTES: Final = 4 << 20
+REFRESH_SECONDS = 5.0
+"""How often the endpoint's Secrets are read again (rotation)."""
 SKIPPED_ROLES: Final = frozenset({Role.SYSTEM})  # as the local classifier
 
 _DECISION: Final[dict[DetectAction, Decision]] = {
@@ -81,11 +84,28 @@ def _read(secret_path: SecretPath, ref: SecretKeyRef, what: str) -> bytes:
         ) from e
 
 
-def _settings(cfg: ModerationGuardrail, secret_path: SecretPath, side: str) -> _Settings:
-    """Blocking (files, CA parsing): called in a worker thread."""
+_Raw = tuple[bytes, bytes | None, bytes | None]  # URL, key, CA: as read from the Secrets
+
+
+def _read_all(cfg: ModerationGuardrail, secret_path: SecretPath, side: str) -> _Raw:
+    """Blocking (files): called in a worker thread."""
     assert cfg.endpoint_secret_ref is not None
     where = f"spec.guardrails.{side}.moderation"
     raw = _read(secret_path, cfg.endpoint_secret_ref, f"{where}.endpointSecretRef")
+    key_raw = ca = None
+    if cfg.endpoint_api_key_secret_ref is not None:
+        key_raw = _read(
+            secret_path, cfg.endpoint_api_key_secret_ref, f"{where}.endpointApiKeySecretRef"
+        )
+    if cfg.endpoint_ca_secret_ref is not None:
+        ca = _read(secret_path, cfg.endpoint_ca_secret_ref, f"{where}.endpointCaSecretRef")
+    return raw, key_raw, ca
+
+
+def _settings(cfg: ModerationGuardrail, raw_all: _Raw, side: str) -> _Settings:
+    """Blocking (CA parsing): called in a worker thread."""
+    where = f"spec.guardrails.{side}.moderation"
+    raw, key_raw, ca = raw_all
     text = raw.decode("utf-8", "replace").strip()
     try:
         url = URL(text)
@@ -93,15 +113,7 @@ def _settings(cfg: ModerationGuardrail, secret_path: SecretPath, side: str) -> _
         raise ConfigError(f"{where}.endpointSecretRef: not a URL") from e
     if url.scheme != "https" or not url.host:
         raise ConfigError(f"{where}.endpointSecretRef: the endpoint URL must be https://HOST/...")
-    key = None
-    if cfg.endpoint_api_key_secret_ref is not None:
-        key_raw = _read(
-            secret_path, cfg.endpoint_api_key_secret_ref, f"{where}.endpointApiKeySecretRef"
-        )
-        key = key_raw.decode("utf-8", "replace").strip() or None
-    ca = None
-    if cfg.endpoint_ca_secret_ref is not None:
-        ca = _read(secret_path, cfg.endpoint_ca_secret_ref, f"{where}.endpointCaSecretRef")
+    key = (key_raw.decode("utf-8", "replace").strip() or None) if key_raw is not None else None
     try:
         context = build_context("1.2", ca)
     except (ValueError, ssl.SSLError) as e:
@@ -118,11 +130,23 @@ class ModerationEndpoint:
     """One policy version's client for one direction's endpoint. See the module docstring."""
 
     def __init__(
-        self, cfg: ModerationGuardrail, settings: _Settings, session: aiohttp.ClientSession
+        self,
+        cfg: ModerationGuardrail,
+        secret_path: SecretPath,
+        side: str,
+        raw: _Raw,
+        settings: _Settings,
+        session: aiohttp.ClientSession,
     ) -> None:
         self.actions: dict[str, DetectAction] = {c.value: a for c, a in cfg.categories.items()}
-        self._s = settings
+        self._cfg, self._secret_path, self._side = cfg, secret_path, side
+        self._raw = raw
         self._session = session
+        self._use(settings)
+        self._checked = asyncio.get_running_loop().time()
+
+    def _use(self, settings: _Settings) -> None:
+        self._s = settings
         self._headers = {"content-type": "application/json"}
         if settings.api_key:
             self._headers["authorization"] = f"Bearer {settings.api_key}"
@@ -131,11 +155,41 @@ class ModerationEndpoint:
     async def load(
         cls, cfg: ModerationGuardrail, secret_path: SecretPath, side: str
     ) -> ModerationEndpoint:
+        """Read the Secrets and build the TLS context (in a worker thread); a missing Secret
+        or a bad URL or CA is a ``ConfigError`` (the policy is not taken)."""
         loop = asyncio.get_running_loop()
-        settings = await loop.run_in_executor(None, _settings, cfg, secret_path, side)
+        raw = await loop.run_in_executor(None, _read_all, cfg, secret_path, side)
+        settings = await loop.run_in_executor(None, _settings, cfg, raw, side)
         connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=60)
         session = aiohttp.ClientSession(connector=connector, trust_env=False)
-        return cls(cfg, settings, session)
+        return cls(cfg, secret_path, side, raw, settings, session)
+
+    async def _refresh(self) -> None:
+        """Rotated Secrets (URL, key, CA) are picked up: every ``REFRESH_SECONDS`` the files
+        are read again in a worker thread, and the settings rebuilt when they changed. A
+        Secret gone or unusable keeps the last good settings (logged)."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._checked < REFRESH_SECONDS:
+            return
+        self._checked = loop.time()  # concurrent calls do not refresh again meanwhile
+        try:
+            raw = await loop.run_in_executor(
+                None, _read_all, self._cfg, self._secret_path, self._side
+            )
+            if raw == self._raw:
+                return
+            settings = await loop.run_in_executor(None, _settings, self._cfg, raw, self._side)
+        except ConfigError as e:
+            log.warning(
+                "moderation endpoint Secret not usable; keeping the last good settings",
+                extra={"fields": {"direction": self._side, "error": str(e)}},
+            )
+            return
+        self._raw = raw
+        self._use(settings)
+        log.info(
+            "moderation endpoint Secrets reloaded", extra={"fields": {"direction": self._side}}
+        )
 
     async def close(self) -> None:
         await self._session.close()
@@ -149,6 +203,7 @@ class ModerationEndpoint:
         body: dict[str, Any] = {"input": [s.text for s in picked]}
         if self._s.model:
             body["model"] = self._s.model
+        await self._refresh()
         results = await self._post(body, len(picked))
         for seg, result in zip(picked, results, strict=True):
             categories = result.get("categories")

@@ -13,6 +13,7 @@ import anthropic
 import openai
 import pytest
 
+from aiguard_sidecar import moderation_endpoint
 from tests.harness.standin import Fault, ProviderStandIn
 from tests.sidecar.conftest import OPENAI_KEY, SecretVolume, Sidecar, StartSidecar, make_policy
 from tests.sidecar.test_guardrails_e2e import guardrails
@@ -27,7 +28,7 @@ def _moderation(**extra: Any) -> dict[str, Any]:
         "enabled": True,
         "categories": {"violence": "block", "hate": "flag"},
         "endpointSecretRef": {"name": "moderation", "key": "url"},
-        "endpointApiKeySecretRef": {"name": "openai", "key": "api-key"},
+        "endpointApiKeySecretRef": {"name": "moderation", "key": "api-key"},
         "endpointCaSecretRef": {"name": "test-ca", "key": "ca.crt"},
         "endpointModel": "omni-moderation-latest",
         **extra,
@@ -36,7 +37,7 @@ def _moderation(**extra: Any) -> dict[str, Any]:
 
 def _endpoint(upstream: ProviderStandIn, secrets: SecretVolume) -> None:
     """The endpoint's URL in its Secret; what the stand-in's /v1/moderations flags."""
-    secrets.write("moderation", {"url": f"{upstream.url}{MODERATIONS}\n"})
+    secrets.write("moderation", {"url": f"{upstream.url}{MODERATIONS}\n", "api-key": OPENAI_KEY})
     upstream.moderation_rules = {TRIGGER: "violence/graphic", "grumpy cat": "hate"}
 
 
@@ -275,3 +276,25 @@ async def test_endpoint_down_in_audit_mode_records_the_block_it_would_be(
     (decision,) = [d for d in rec.decisions if d.stage == "guardrail"]
     assert (decision.allowed, decision.enforced) == (False, False)
     assert decision.rule == "guardrails.input.moderation"
+
+
+async def test_a_rotated_endpoint_key_is_picked_up(
+    start_sidecar: StartSidecar,
+    upstream: ProviderStandIn,
+    secrets: SecretVolume,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(moderation_endpoint, "REFRESH_SECONDS", 0.0)  # re-read on every call
+    sc = await _start(start_sidecar, upstream, secrets)
+    await _chat(sc, "first")
+    upstream.api_keys["openai"] = frozenset({OPENAI_KEY, "sk-rotated-moderation"})
+    secrets.write(
+        "moderation", {"url": f"{upstream.url}{MODERATIONS}", "api-key": "sk-rotated-moderation"}
+    )
+    await _chat(sc, "second")
+    keys = [r.api_key for r in upstream.requests_to(MODERATIONS)]
+    assert keys == [OPENAI_KEY, "sk-rotated-moderation"]
+    # The Secret disappears: the last good key goes on being used (logged), nothing breaks.
+    secrets.remove("moderation", "api-key")
+    await _chat(sc, "third")
+    assert upstream.requests_to(MODERATIONS)[-1].api_key == "sk-rotated-moderation"
