@@ -569,7 +569,21 @@ class PIIGuardrail(Model):
     pseudonymize: bool = Field(
         default=False,
         description="Replace values with stable placeholders and restore the originals in "
-        "the response the app receives (reversible redaction).",
+        "the response the app receives (reversible redaction): `redact` entities, custom "
+        "patterns and deny lists become `<ENTITY_N>` (the same value, the same placeholder "
+        "within a request). Input side: the provider's text and tool-call arguments, JSON or "
+        "streamed, get the values back (output side: the placeholders stay). The mapping "
+        "lives in memory for the request only (never logged or "
+        "audited; audit counts restorations), so a stored response fetched later keeps the "
+        "placeholders.",
+    )
+    restore_tool_arguments: bool = Field(
+        default=True,
+        description="With `pseudonymize` (input side): also restore the values inside the "
+        "tool-call arguments the model returns, so an agent's `send_email(to=<EMAIL_ADDRESS_1>)` "
+        "reaches the tool with the real address. Off: only the answer's text gets them back; "
+        "a tool call the model was steered into (indirect prompt injection) can then never "
+        "carry the values out, at the price of the app mapping placeholders itself.",
     )
     hash_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Key for the `hash` action (HMAC-SHA-256)."
@@ -648,7 +662,33 @@ class ModerationGuardrail(Model):
     endpoint_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="Optional external moderation endpoint (OpenAI moderation API format): "
-        "Secret key holding its URL.",
+        "Secret key holding its URL (`https://`; the full URL the sidecar POSTs to, e.g. "
+        "`https://api.openai.com/v1/moderations`). Its per-category verdicts are combined "
+        "with the local classifier's: a category the endpoint flags takes this guardrail's "
+        "action for it; a streamed answer is sent once, whole, at its end (flagged, the "
+        "stream ends with an error event instead of completing). Errors and timeouts: "
+        "`spec.failureMode` decides.",
+    )
+    endpoint_api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the endpoint's API key (sent as `Authorization: Bearer`).",
+    )
+    endpoint_ca_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding a PEM CA bundle that verifies the endpoint's "
+        "certificate (default: the system trust store). The certificate is always verified.",
+    )
+    endpoint_model: str | None = Field(
+        default=None,
+        max_length=128,
+        description="`model` sent to the endpoint (e.g. `omni-moderation-latest`); none: "
+        "the endpoint's default.",
+    )
+    endpoint_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="How long one call to the endpoint may take before `spec.failureMode` decides.",
     )
 
 
@@ -852,13 +892,13 @@ class AIPolicySpec(Model):
             g = getattr(self.guardrails, side)
             if g.pii.hash_key_secret_ref:
                 refs.append((f"guardrails.{side}.pii.hashKeySecretRef", g.pii.hash_key_secret_ref))
-            if g.moderation.endpoint_secret_ref:
-                refs.append(
-                    (
-                        f"guardrails.{side}.moderation.endpointSecretRef",
-                        g.moderation.endpoint_secret_ref,
-                    )
-                )
+            for name, ref in (
+                ("endpointSecretRef", g.moderation.endpoint_secret_ref),
+                ("endpointApiKeySecretRef", g.moderation.endpoint_api_key_secret_ref),
+                ("endpointCaSecretRef", g.moderation.endpoint_ca_secret_ref),
+            ):
+                if ref:
+                    refs.append((f"guardrails.{side}.moderation.{name}", ref))
         if self.audit.hash_key_secret_ref:
             refs.append(("audit.hashKeySecretRef", self.audit.hash_key_secret_ref))
         if self.incidents.notify:

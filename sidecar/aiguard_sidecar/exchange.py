@@ -78,6 +78,8 @@ class Segment:
     text: str
     role: Role
     path: JSONPath
+    json_text: bool = False
+    """The text is JSON source (tool-call arguments): a value put into it must be escaped."""
 
 
 def role_of(value: Any, default: Role = Role.USER) -> Role:
@@ -162,6 +164,10 @@ class Exchange:
     """The stored object a request names in its path (a Responses API response id)."""
     modified: bool = False
     """A guardrail rewrote text: the body must be serialised again."""
+    pseudonyms: dict[str, str] = field(default_factory=dict)
+    """Placeholder → original value of the values the input guardrails pseudonymised
+    (``pii.pseudonymize``), to restore them in the response. Content: it lives only in memory
+    for this request and is never logged, audited or captured."""
 
     def set_text(self, segment: Segment, text: str) -> None:
         """Rewrite one segment's text in the body (redaction, masking)."""
@@ -234,6 +240,8 @@ class TextDelta:
     text: str
     path: JSONPath
     """Where the text sits inside the event's ``data`` object."""
+    json_text: bool = False
+    """The text is a fragment of JSON source (streamed tool-call arguments)."""
 
 
 class EventAction(enum.Enum):
@@ -249,6 +257,9 @@ class StreamEvent:
     name: str | None
     data: Any
     deltas: Sequence[TextDelta] = ()
+    snapshots: Sequence[TextDelta] = ()
+    """The whole text of a slot repeated by a closing event (the Responses API's ``*.done``
+    and ``response.completed``): a stream guard sets it to the text the client was sent."""
     action: EventAction = EventAction.FORWARD
     modified: bool = False
 

@@ -35,6 +35,27 @@ across chunk boundaries is caught while it is still held). When they are release
 An event without text (finish, usage, terminal) releases everything held. A block ends the
 stream (the pipeline writes the provider's error event); held text is never sent.
 
+Tool-call arguments stream as deltas too (their slots hold JSON source). Closing events that
+repeat a slot's whole text (the Responses API's ``*.done``, ``response.completed``) are set to
+the text the client was sent.
+
+Pseudonyms (``pii.pseudonymize``): the input verdict's placeholder → value mapping stays on
+the exchange for this request only (enforce mode); the originals are put back into the
+response the app receives, JSON (:func:`restore_response`) or streamed (a replacement in the
+holdback, so a placeholder cut across events is restored too). Audit counts them as
+``("pii", ENTITY, "restore")``; the mapping itself is never logged, audited or captured.
+
+External moderation endpoint (``moderation.endpointSecretRef``, ``moderation_endpoint.py``):
+asked after the local engine, about the text as it redacted it, unless the engine already
+blocks. A streamed response is sent to it once, whole, when the provider's stream ends
+(``_StreamGuard.finish``): the text has reached the client by then (the finish event released
+the holdback), but a flagged answer never completes — its terminal event gives way to an error
+event, which the SDKs raise, and the audit event records the block.
+Its flagged categories take the policy's per-category action; an error or timeout is
+``failureMode``'s: closed raises (the pipeline answers 503; in a stream: the error event;
+in ``mode: audit`` a recorded block, not enforced), open is an ``endpoint_error`` finding,
+counted and allowed.
+
 Engines are cached process-wide by the guardrails section of the policy (and the content of
 the Secrets it read), so a reload that changes only routes or limits does not recompile.
 """
@@ -43,11 +64,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import hashlib
+import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -55,13 +78,17 @@ from typing import Any, Final
 from aiguard_api.config import ConfigError, SidecarConfig
 from aiguard_api.policy import (
     AIPolicySpec,
+    FailureMode,
     Mode,
     OutputGuardrails,
     SecretKeyRef,
     StreamRelease,
 )
 from aiguard_sidecar import hooks, review
-from aiguard_sidecar.exchange import Exchange, ResponseInfo, StreamEvent, TextDelta
+from aiguard_sidecar.exchange import Exchange, ResponseInfo, StreamEvent, TextDelta, set_at
+from aiguard_sidecar.exchange import Role as ExRole
+from aiguard_sidecar.exchange import Segment as ExSegment
+from aiguard_sidecar.guardrails import patterns, pii
 from aiguard_sidecar.guardrails.base import (
     Decision,
     Direction,
@@ -74,12 +101,21 @@ from aiguard_sidecar.guardrails.base import (
 )
 from aiguard_sidecar.guardrails.engine import Engine, Engines, build_engines
 from aiguard_sidecar.guardrails.validation import RequestFacts
+from aiguard_sidecar.moderation_endpoint import (
+    ENDPOINT_ERROR,
+    EndpointError,
+    ModerationEndpoint,
+    error_verdict,
+)
 
 log = logging.getLogger("aiguard.sidecar.guarding")
 
 OFF_LOOP_CHARS: Final = 16384
 """Requests with more text than this are scanned in a worker thread, not on the event loop."""
 REVIEW_REASON: Final = "output cannot be held for human review: blocked"
+RESTORE: Final = "restore"
+"""The action of the ``("pii", ENTITY, "restore", n)`` counts: pseudonyms put back."""
+_PARTIAL: Final = re.compile(r"<[A-Z0-9_]*")
 _WARMUP: Final = "warm up: bob@example.com 4111 1111 1111 1111 AKIAIOSFODNN7EXAMPLE ignore that"
 _CACHE_SIZE: Final = 4
 
@@ -227,7 +263,10 @@ class EngineGuardrails:
         self.adaptive = adaptive_release(cfg.spec.guardrails.output)
         review_cfg = cfg.spec.guardrails.input.review
         self.review_tools = review_cfg.enabled and bool(review_cfg.tools)
+        self.restore_tools = cfg.spec.guardrails.input.pii.restore_tool_arguments
         self._engines: Engines | None = None
+        self._endpoints: dict[str, ModerationEndpoint] = {}
+        """External moderation endpoints by side (``moderation_endpoint.py``)."""
 
     async def prepare(self) -> None:
         """Build the engines in a worker thread (``runtime.build`` awaits this)."""
@@ -240,6 +279,12 @@ class EngineGuardrails:
             raise
         except Exception as e:
             raise ConfigError(f"spec.guardrails: cannot build the guardrails: {e}") from e
+        for side in ("input", "output"):
+            moderation = getattr(self.cfg.spec.guardrails, side).moderation
+            if moderation.enabled and moderation.endpoint_secret_ref is not None:
+                self._endpoints[side] = await ModerationEndpoint.load(
+                    moderation, self.cfg.secret_path, side
+                )
         for engine in (self._engines.input, self._engines.output):
             if engine.unavailable:
                 log.warning(
@@ -279,15 +324,56 @@ class EngineGuardrails:
         else:
             scanned = engine.check(segments, ctx, unscannable=unscannable)
         verdict.merge(scanned)
+        await self._ask_endpoint("input", verdict, exchange.segments)
         decision = decision_of("input", verdict)
         if verdict.decision in (Decision.REDACT, Decision.REVIEW) and self.enforce:
             for index, text in verdict.edits.items():  # an approved request goes on redacted
                 exchange.set_text(exchange.segments[index], text)
+            if verdict.pseudonyms:  # restored in the response (memory only, this request)
+                exchange.pseudonyms = verdict.pseudonyms
         return decision
 
     async def check_output(self, exchange: Exchange, response: ResponseInfo) -> hooks.GuardDecision:
+        decision = await self._check_output(exchange, response)
+        if exchange.pseudonyms and not decision.blocked and response.doc is not None:
+            restored = restore_response(response, exchange.pseudonyms, tools=self.restore_tools)
+            if restored:
+                decision = dataclasses.replace(decision, counts=decision.counts + restored)
+        return decision
+
+    async def _ask_endpoint(
+        self, side: str, verdict: Verdict, segments: Sequence[ExSegment]
+    ) -> None:
+        """The external moderation endpoint's findings, merged into ``verdict``. It is asked
+        after the local guardrails, about the text as they redacted it, and not at all when
+        they already block. An error: ``failureMode`` closed raises it (the pipeline answers
+        503 in the client's format); open counts it as a finding and allows."""
+        endpoint = self._endpoints.get(side)
+        if endpoint is None or verdict.decision is Decision.BLOCK:
+            return
+        texts = [
+            Segment(i, verdict.edits.get(i, s.text), Role(s.role.value))
+            for i, s in enumerate(segments)
+        ]
+        try:
+            remote = await endpoint.check(texts)
+        except EndpointError as e:
+            if self.cfg.spec.failure_mode is FailureMode.OPEN:
+                remote = error_verdict(side, e)
+            elif self.enforce:
+                raise
+            else:  # mode audit: the block closed would be, recorded and not enforced
+                remote = error_verdict(side, e, closed=True)
+        verdict.findings.extend(remote.findings)
+        if remote.decision > verdict.decision:
+            verdict.decision = remote.decision
+            verdict.reason = remote.reason
+
+    async def _check_output(
+        self, exchange: Exchange, response: ResponseInfo
+    ) -> hooks.GuardDecision:
         engine = self.engines.output
-        if not engine.guardrails:
+        if not engine.guardrails and "output" not in self._endpoints:
             return hooks.ALLOW
         segments = [Segment(i, s.text, Role.OUTPUT) for i, s in enumerate(response.segments)]
         ctx = ScanContext(Direction.OUTPUT, response.served_model or exchange.model or None)
@@ -296,6 +382,7 @@ class EngineGuardrails:
             verdict = await loop.run_in_executor(None, lambda: engine.check(segments, ctx))
         else:
             verdict = engine.check(segments, ctx)
+        await self._ask_endpoint("output", verdict, response.segments)
         decision = decision_of("output", verdict)
         if verdict.decision is Decision.REDACT and self.enforce and response.doc is not None:
             for index, text in verdict.edits.items():
@@ -304,12 +391,65 @@ class EngineGuardrails:
 
     def output_stream(self, exchange: Exchange) -> hooks.StreamGuard | None:
         engine = self.engines.output
-        if not engine.guardrails:
+        endpoint = self._endpoints.get("output")
+        if not engine.guardrails and not exchange.pseudonyms and endpoint is None:
             return None
-        return _StreamGuard(engine, self.holdback, exchange.model or None, self.adaptive)
+        return _StreamGuard(
+            engine,
+            self.holdback,
+            exchange.model or None,
+            exchange.pseudonyms,
+            restore_tools=self.restore_tools,
+            endpoint=endpoint,
+            failure_open=self.cfg.spec.failure_mode is FailureMode.OPEN,
+            adaptive=self.adaptive,
+        )
 
     async def close(self) -> None:
-        return None  # engines are shared through the cache; nothing to release
+        # Engines are shared through the cache; only the endpoint clients are this policy's.
+        endpoints, self._endpoints = list(self._endpoints.values()), {}
+        for endpoint in endpoints:
+            await endpoint.close()
+
+
+# ── pseudonyms: restoring the originals in the response ──────────────────────────────────────
+
+
+def _escaped(mapping: Mapping[str, str]) -> dict[str, str]:
+    """The values as they must appear inside JSON source (tool-call arguments)."""
+    return {k: json.dumps(v, ensure_ascii=False)[1:-1] for k, v in mapping.items()}
+
+
+def _restore_counts(found: Iterable[str]) -> tuple[tuple[str, str, str, int], ...]:
+    c = collections.Counter(pii.entity_of(ph) for ph in found)
+    return tuple(("pii", entity, RESTORE, n) for entity, n in sorted(c.items()))
+
+
+def restore_response(
+    response: ResponseInfo, mapping: Mapping[str, str], *, tools: bool = True
+) -> tuple[tuple[str, str, str, int], ...]:
+    """Put the originals back into a JSON response's body (its output segments: text and
+    tool-call arguments). The segments keep the provider's text (placeholders), so nothing
+    recorded about the response (capture, audit) holds a restored value. Returns the counts
+    ``("pii", ENTITY, "restore", n)``. ``tools`` off: tool-call arguments keep them."""
+    if response.doc is None:
+        return ()
+    escaped: dict[str, str] | None = None
+    found: list[str] = []
+    for seg in response.segments:
+        if not tools and seg.role is ExRole.TOOL_CALL:
+            continue
+        spans = pii.placeholders(seg.text, mapping)
+        if not spans:
+            continue
+        if seg.json_text and escaped is None:
+            escaped = _escaped(mapping)
+        values = escaped if seg.json_text and escaped is not None else mapping
+        text = patterns.apply_replacements(seg.text, [(a, b, values[ph]) for a, b, ph in spans])
+        set_at(response.doc, seg.path, text)
+        response.modified = True
+        found.extend(ph for _, _, ph in spans)
+    return _restore_counts(found)
 
 
 # ── streams ──────────────────────────────────────────────────────────────────────────────────
@@ -336,10 +476,12 @@ def adaptive_release(output: OutputGuardrails) -> bool:
 @dataclass(slots=True)
 class _Slot:
     index: int
+    json_text: bool = False  # JSON source (tool-call arguments): restored values are escaped
     text: str = ""
     sent: int = 0  # original characters released so far
     reps: list[Replacement] = field(default_factory=list)  # absolute original coordinates
     seen: set[tuple[str, str, int]] = field(default_factory=set)  # findings already counted
+    restores: dict[int, Replacement] = field(default_factory=dict)  # placeholder start → rep
 
 
 @dataclass(slots=True)
@@ -350,10 +492,33 @@ class _Held:
 
 
 class _StreamGuard:
+    """Holdback, incremental scans and rewriting of one stream (see the module docstring).
+
+    Pseudonyms (``pseudonyms``: the request's placeholders): a placeholder in the output is
+    one more replacement, by the original value (JSON-escaped in tool-call arguments), so one
+    split across events is restored like a redaction across chunk boundaries: an event ending
+    inside what may still become a placeholder (``<`` and capitals, digits, ``_``, at most
+    :data:`pii.MAX_PLACEHOLDER` characters) is held until it is complete or cannot be one,
+    whatever the holdback."""
+
     def __init__(
-        self, engine: Engine, holdback: int, model: str | None, adaptive: bool = False
+        self,
+        engine: Engine,
+        holdback: int,
+        model: str | None,
+        pseudonyms: Mapping[str, str] | None = None,
+        *,
+        restore_tools: bool = True,
+        endpoint: ModerationEndpoint | None = None,
+        failure_open: bool = False,
+        adaptive: bool = False,
     ) -> None:
         self.engine = engine
+        self.endpoint = endpoint
+        self.failure_open = failure_open
+        self.pseudonyms: Mapping[str, str] = pseudonyms or {}
+        self.restore_tools = restore_tools  # off: tool-call argument slots (JSON) keep them
+        self._escaped: dict[str, str] | None = None
         self.holdback = holdback
         self.adaptive = adaptive
         self.ctx = ScanContext(Direction.OUTPUT, model)
@@ -363,41 +528,104 @@ class _StreamGuard:
 
     def _scan(self, slot: _Slot) -> hooks.GuardDecision:
         start = max(0, slot.sent - self.holdback)
-        verdict = self.engine.check([Segment(slot.index, slot.text[start:], Role.OUTPUT)], self.ctx)
         new: list[Finding] = []
-        for f in verdict.findings:
-            key = (f.guardrail, f.type, -1 if (f.start, f.end) == (0, 0) else f.start + start)
-            if key not in slot.seen:
-                slot.seen.add(key)
-                new.append(f)
-        if verdict.decision >= Decision.REVIEW:
-            return decision_of("output", verdict)
-        edited = slot.index in verdict.edits
-        reps = verdict.replacements.get(slot.index)
-        if edited and reps is None:
-            return hooks.GuardDecision(
-                hooks.Verdict.BLOCK,
-                "guardrails.output",
-                "output redaction cannot be applied to a stream (no spans)",
-                len(new),
-                _counts(new),
+        fresh: list[Replacement] = []
+        if self.engine.guardrails:
+            verdict = self.engine.check(
+                [Segment(slot.index, slot.text[start:], Role.OUTPUT)], self.ctx
             )
-        fresh = [Replacement(r.start + start, r.end + start, r.text) for r in reps or ()]
+            for f in verdict.findings:
+                key = (f.guardrail, f.type, -1 if (f.start, f.end) == (0, 0) else f.start + start)
+                if key not in slot.seen:
+                    slot.seen.add(key)
+                    new.append(f)
+            if verdict.decision >= Decision.REVIEW:
+                return decision_of("output", verdict)
+            edited = slot.index in verdict.edits
+            reps = verdict.replacements.get(slot.index)
+            if edited and reps is None:
+                return hooks.GuardDecision(
+                    hooks.Verdict.BLOCK,
+                    "guardrails.output",
+                    "output redaction cannot be applied to a stream (no spans)",
+                    len(new),
+                    _counts(new),
+                )
+            fresh = [Replacement(r.start + start, r.end + start, r.text) for r in reps or ()]
+        restored: tuple[tuple[str, str, str, int], ...] = ()
+        if self.pseudonyms:
+            fresh, restored = self._restores(slot, start, fresh)
         slot.reps = [r for r in slot.reps if r.end <= start or r.start < slot.sent] + [
             r for r in fresh if r.start >= slot.sent or r.end > slot.sent
         ]
         slot.reps.sort(key=lambda r: (r.start, r.end))
         if not new:
-            return hooks.ALLOW
+            return hooks.GuardDecision(counts=restored) if restored else hooks.ALLOW
         return hooks.GuardDecision(
-            hooks.Verdict.ALLOW, "guardrails.output", _summary(new), len(new), _counts(new)
+            hooks.Verdict.ALLOW,
+            "guardrails.output",
+            _summary(new),
+            len(new),
+            _counts(new) + restored,
         )
 
-    def _rewrite(self, slot: _Slot, a: int, b: int) -> str:
-        """The text to send for original span ``[a, b)`` of ``slot``."""
+    def _restores(
+        self, slot: _Slot, start: int, fresh: list[Replacement]
+    ) -> tuple[list[Replacement], tuple[tuple[str, str, str, int], ...]]:
+        """``fresh`` plus a replacement by the original for each placeholder in the window
+        (a redaction overlapping a placeholder gives way); the counts of new ones."""
+        if slot.json_text and not self.restore_tools:
+            return fresh, ()
+        spans = pii.placeholders(slot.text[start:], self.pseudonyms)
+        if not spans:
+            return fresh, ()
+        values = self.pseudonyms
+        if slot.json_text:
+            if self._escaped is None:
+                self._escaped = _escaped(self.pseudonyms)
+            values = self._escaped
+        found: list[str] = []
+        restores: list[Replacement] = []
+        known = slot.restores
+        for a, b, ph in spans:
+            r = known.get(a + start)
+            if r is None:  # a placeholder seen for the first time: counted once
+                r = known[a + start] = Replacement(a + start, b + start, values[ph])
+                found.append(ph)
+            restores.append(r)
+        if fresh:
+            fresh = [
+                r for r in fresh if not any(r.start < x.end and x.start < r.end for x in restores)
+            ]
+        return fresh + restores, _restore_counts(found) if found else ()
+
+    def _unfinished(self, h: _Held) -> bool:
+        """``h`` ends inside what may still become a placeholder (not released yet)."""
+        for slot, _, b in h.ranges:
+            at = slot.text.rfind("<", max(0, b - pii.MAX_PLACEHOLDER), b)
+            near = at >= 0 and len(slot.text) - at < pii.MAX_PLACEHOLDER
+            if near and _PARTIAL.fullmatch(slot.text, at):
+                return True
+        return False
+
+    def _snapshots(self, event: StreamEvent) -> None:
+        """A closing event repeating a slot's whole text gets the text the client was sent."""
+        for snap in event.snapshots:
+            slot = self.slots.get(snap.slot)
+            if slot is None:
+                continue
+            sent = self._rewrite(slot, 0, slot.sent)
+            if sent != snap.text:
+                event.set_text(snap, sent)
+
+    def _rewrite(
+        self, slot: _Slot, a: int, b: int, reps: Sequence[Replacement] | None = None
+    ) -> str:
+        """The text to send for original span ``[a, b)`` of ``slot`` (``reps``: instead of
+        the slot's replacements)."""
         out: list[str] = []
         pos = a
-        for r in slot.reps:
+        for r in slot.reps if reps is None else reps:
             if r.end <= a and r.start < a:
                 continue
             if r.start >= b:
@@ -437,6 +665,8 @@ class _StreamGuard:
         cuts: dict[int, int] = {}
         while self.held:
             if not everything:
+                if self.pseudonyms and self._unfinished(self.held[0]):
+                    break
                 if not self.adaptive:
                     if self.held_chars <= self.holdback:
                         break
@@ -457,10 +687,15 @@ class _StreamGuard:
         return out
 
     def _merge(self, a: hooks.GuardDecision, b: hooks.GuardDecision) -> hooks.GuardDecision:
-        if b.blocked or not a.findings:
-            return b if (b.blocked or b.findings) else a
-        if not b.findings:
+        if b.blocked:
+            return b
+        if not b.findings and not b.counts:
             return a
+        if not a.findings and not a.counts:
+            return b
+        if not a.findings or not b.findings:
+            first, other = (b, a) if b.findings else (a, b)
+            return dataclasses.replace(first, counts=first.counts + other.counts)
         return hooks.GuardDecision(
             a.verdict,
             a.rule,
@@ -473,6 +708,8 @@ class _StreamGuard:
         deltas: Sequence[TextDelta] = event.deltas
         if not deltas:
             if not self.held:
+                if event.snapshots:
+                    self._snapshots(event)
                 return hooks.ALLOW
             # No text: a finish, usage or terminal event. Release everything held first.
             found = hooks.ALLOW
@@ -480,13 +717,16 @@ class _StreamGuard:
                 found = self._merge(found, self._scan(each))
                 if found.blocked:
                     return found
-            return _with(found, hooks.Verdict.ALLOW, tuple(self._release(everything=True)))
+            released = tuple(self._release(everything=True))
+            if event.snapshots:
+                self._snapshots(event)
+            return _with(found, hooks.Verdict.ALLOW, released)
         ranges: list[tuple[_Slot, int, int]] = []
         touched: dict[int, _Slot] = {}
         for d in deltas:
             slot = self.slots.get(d.slot)
             if slot is None:
-                slot = self.slots[d.slot] = _Slot(len(self.slots))
+                slot = self.slots[d.slot] = _Slot(len(self.slots), d.json_text)
             a = len(slot.text)
             slot.text += d.text
             ranges.append((slot, a, len(slot.text)))
@@ -499,10 +739,54 @@ class _StreamGuard:
             found = self._merge(found, self._scan(slot))
             if found.blocked:
                 return found
-        released = self._release(everything=False)
-        if released and released[-1] is event:
-            return _with(found, hooks.Verdict.ALLOW, tuple(released[:-1]))
-        return _with(found, hooks.Verdict.HOLD, tuple(released))
+        now = self._release(everything=False)
+        if now and now[-1] is event:
+            return _with(found, hooks.Verdict.ALLOW, tuple(now[:-1]))
+        return _with(found, hooks.Verdict.HOLD, tuple(now))
+
+    async def finish(self) -> hooks.GuardDecision:
+        """The end of the stream (the pipeline awaits it instead of :meth:`on_end`): the
+        remaining scans, then the external moderation endpoint over the whole output as
+        redacted (pseudonyms not restored). A block there withholds what is still held (usually
+        nothing: an event without text released it) and the terminal event: the stream ends
+        with an error event."""
+        end = self.on_end()
+        if end.blocked or self.endpoint is None or not self.slots:
+            return end
+        texts = [
+            Segment(
+                slot.index,
+                self._rewrite(slot, 0, len(slot.text), self._redactions(slot)),
+                Role.OUTPUT,
+            )
+            for slot in self.slots.values()
+        ]
+        try:
+            remote = await self.endpoint.check(texts)
+        except EndpointError as e:
+            if not self.failure_open:
+                log.warning(
+                    "moderation endpoint failed; failureMode closed: stream ended",
+                    extra={"fields": {"direction": "output", "error": str(e)}},
+                )
+                return hooks.GuardDecision(
+                    hooks.Verdict.BLOCK,
+                    "guardrails.output.moderation",
+                    "moderation: the external endpoint failed; failureMode closed",
+                    1,
+                    (("moderation", ENDPOINT_ERROR, "block", 1),),
+                )
+            remote = error_verdict("output", e)
+        found = decision_of("output", remote)
+        if found.blocked:
+            return found
+        return _with(self._merge(end, found), hooks.Verdict.ALLOW, end.released)
+
+    def _redactions(self, slot: _Slot) -> list[Replacement]:
+        """The slot's replacements but the pseudonym restorations (never sent elsewhere)."""
+        if not self.pseudonyms:
+            return slot.reps
+        return [r for r in slot.reps if slot.text[r.start : r.end] not in self.pseudonyms]
 
     def on_end(self) -> hooks.GuardDecision:
         found = hooks.ALLOW

@@ -8,7 +8,9 @@ The pipeline calls, in order::
     stream: guard = guardrails.output_stream(exchange)           None: relay untouched
             guard.on_event(event)  per event with its text deltas; may rewrite via
                                    ``event.set_text`` (holdback: return HOLD and release later)
-            guard.on_end()         when the upstream stream ends
+            guard.on_end()         when the upstream stream ends (or, when the guard has
+                                   it, ``await guard.finish()`` instead: an end that may
+                                   do I/O, such as an external moderation call)
 
 Guardrails see :class:`~aiguard_sidecar.exchange.Exchange` segments and stream deltas, never
 provider formats; edits go back through the segments' locators. A ``block`` verdict becomes a

@@ -870,7 +870,8 @@ class Pipeline:
         if broken is not None and out is None:
             raise _AttemptFailed(broken)
         if guard is not None and broken is None and blocked is None:
-            verdict = guard.on_end()
+            finish = getattr(guard, "finish", None)  # optional async end (hooks.StreamGuard)
+            verdict = await finish() if finish is not None else guard.on_end()
             if verdict.counts:
                 rec.count_findings("output", verdict.counts)
             tail = [] if shadow else [e.render() for e in verdict.released]

@@ -11,6 +11,7 @@ Endpoints::
     POST /v1/chat/completions                       OpenAI chat (JSON or SSE)
     POST /v1/responses                              OpenAI Responses API (JSON or SSE)
     POST /v1/embeddings                             OpenAI embeddings (float or base64)
+    POST /v1/moderations                            OpenAI moderation (``moderation_rules``)
     GET  /v1/models, /v1/models/{id}                OpenAI or Anthropic format (by headers)
     POST /v1/messages                               Anthropic messages (JSON or SSE)
     POST /v1/messages/count_tokens                  Anthropic token counting
@@ -78,6 +79,7 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "StandInThread",
+    "ToolCall",
     "count_tokens",
     "main",
     "split_into_chunks",
@@ -95,6 +97,7 @@ Operation = Literal[
     "model",
     "messages",
     "count_tokens",
+    "moderations",
     "unknown",
 ]
 FaultKind = Literal[
@@ -115,6 +118,21 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "claude-haiku-4-5",
 )
 
+MODERATION_CATEGORIES: tuple[str, ...] = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
 _CREATED = 1_700_000_000  # a fixed creation time for listed models
 _JSON = "application/json"
 
@@ -262,6 +280,22 @@ class RecordedRequest:
 
 
 Reply = str | Sequence[str] | Callable[[RecordedRequest], str | Sequence[str]]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A scripted tool call as the reply (``ProviderStandIn.tool_call``): the model calls
+    ``name`` with the JSON ``arguments``, streamed in the given pieces (their concatenation
+    must be the whole JSON text). Anthropic's non-streamed ``input`` is the parsed object."""
+
+    name: str
+    arguments: Sequence[str]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.arguments)
+
+
 """A scripted reply: a text (split into ``stream_chunks`` pieces), an explicit list of stream
 chunks (used verbatim, so tests control chunk boundaries), or a function of the request."""
 
@@ -501,6 +535,7 @@ _ROUTES: tuple[_Route, ...] = (
     _route("GET", r"/v1/responses/(?P<response_id>[^/]+)", "openai", "response"),
     _route("DELETE", r"/v1/responses/(?P<response_id>[^/]+)", "openai", "response"),
     _route("POST", r"/v1/embeddings", "openai", "embeddings"),
+    _route("POST", r"/v1/moderations", "openai", "moderations"),
     _route("GET", r"/v1/models", None, "models"),
     _route("GET", r"/v1/models/(?P<model>[^/]+)", None, "model"),
     _route("POST", r"/v1/messages", "anthropic", "messages"),
@@ -634,6 +669,11 @@ class ProviderStandIn:
             "anthropic": None if anthropic_keys is None else frozenset(anthropic_keys),
         }
         self.reply: Reply | None = reply
+        self.tool_call: ToolCall | None = None
+        self.moderation_rules: dict[str, str] = {}
+        """``/v1/moderations``: an input containing a key (case-insensitive) is flagged in the
+        category it maps to (e.g. ``{"stab him": "violence/graphic"}``); nothing else is."""
+        """When set, replies are this tool call instead of text (chat, responses, messages)."""
         self.stream_chunks = stream_chunks
         self.chunk_delay = chunk_delay
         self.served_model = served_model
@@ -778,6 +818,8 @@ class ProviderStandIn:
         return {
             "api_keys": dict(self.api_keys),
             "reply": self.reply,
+            "tool_call": self.tool_call,
+            "moderation_rules": dict(self.moderation_rules),
             "stream_chunks": self.stream_chunks,
             "chunk_delay": self.chunk_delay,
             "served_model": self.served_model,
@@ -895,7 +937,7 @@ class ProviderStandIn:
             return _responses_prompt(body)
         if route.operation in ("messages", "count_tokens"):
             return _anthropic_prompt(body)
-        if route.operation == "embeddings":
+        if route.operation in ("embeddings", "moderations"):
             inputs = _embedding_inputs(body.get("input"))
             return _Prompt(tuple(inputs), inputs[-1] if inputs else "")
         return _Prompt((), "")
@@ -934,6 +976,8 @@ class ProviderStandIn:
             return self._get_model(ex)
         if operation == "embeddings":
             return self._embeddings(ex)
+        if operation == "moderations":
+            return self._moderations(ex)
         if operation == "count_tokens":
             self._require(ex, "model", "messages")
             return {"input_tokens": sum(count_tokens(t) for t in ex.record.texts)}
@@ -1068,6 +1112,10 @@ class ProviderStandIn:
         chunks, cut = self._reply_chunks(ex, prompt.last_user, limit)
         text = "".join(chunks)
         finish = "length" if cut else "stop"
+        tool = self.tool_call
+        call_id = f"call_standin{ex.record.seq:06d}"
+        if tool is not None:
+            chunks, text, finish = list(tool.arguments), "", "tool_calls"
         prompt_tokens = sum(count_tokens(t) for t in prompt.texts)
         usage = _openai_usage(prompt_tokens, count_tokens(text))
         base = {
@@ -1090,9 +1138,22 @@ class ProviderStandIn:
                         "index": i,
                         "message": {
                             "role": "assistant",
-                            "content": text,
+                            "content": None if tool else text,
                             "refusal": None,
                             "annotations": [],
+                            **(
+                                {
+                                    "tool_calls": [
+                                        {
+                                            "id": call_id,
+                                            "type": "function",
+                                            "function": {"name": tool.name, "arguments": tool.text},
+                                        }
+                                    ]
+                                }
+                                if tool
+                                else {}
+                            ),
                         },
                         "logprobs": None,
                         "finish_reason": finish,
@@ -1130,8 +1191,22 @@ class ProviderStandIn:
                     )
                 )
             )
-        events.append(_Event(chunk({"role": "assistant", "content": "", "refusal": None})))
-        events.extend(_Event(chunk({"content": piece}), delta=True) for piece in chunks)
+        if tool is not None:
+            head = {"index": 0, "id": call_id, "type": "function"}
+            first = {**head, "function": {"name": tool.name, "arguments": ""}}
+            events.append(
+                _Event(chunk({"role": "assistant", "content": None, "tool_calls": [first]}))
+            )
+            events.extend(
+                _Event(
+                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    delta=True,
+                )
+                for piece in chunks
+            )
+        else:
+            events.append(_Event(chunk({"role": "assistant", "content": "", "refusal": None})))
+            events.extend(_Event(chunk({"content": piece}), delta=True) for piece in chunks)
         events.append(_Event(chunk({}, finish)))
         if include_usage:
             events.append(
@@ -1206,13 +1281,23 @@ class ProviderStandIn:
 
         final_status = "incomplete" if cut else "completed"
         part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
-        item = {
+        item: dict[str, Any] = {
             "id": message_id,
             "type": "message",
             "status": final_status,
             "role": "assistant",
             "content": [part],
         }
+        tool = self.tool_call
+        if tool is not None:
+            item = {
+                "id": f"fc_standin{seq:06d}",
+                "type": "function_call",
+                "status": "completed",
+                "call_id": f"call_standin{seq:06d}",
+                "name": tool.name,
+                "arguments": tool.text,
+            }
         final = response(final_status, [item], usage=True)
         if body.get("store") is not False:
             self.stored_responses[final["id"]] = final
@@ -1224,6 +1309,39 @@ class ProviderStandIn:
         def event(kind: str, **fields: Any) -> bytes:
             return _sse({"type": kind, "sequence_number": next(counter), **fields}, event=kind)
 
+        if tool is not None:
+            at = {"item_id": item["id"], "output_index": 0}
+            return _Stream(
+                [
+                    _Event(event("response.created", response=response("in_progress", [], False))),
+                    _Event(
+                        event(
+                            "response.output_item.added",
+                            output_index=0,
+                            item={**item, "status": "in_progress", "arguments": ""},
+                        )
+                    ),
+                    *(
+                        _Event(event("response.function_call_arguments.delta", **at, delta=p), True)
+                        for p in tool.arguments
+                    ),
+                    _Event(
+                        event("response.function_call_arguments.done", **at, arguments=tool.text)
+                    ),
+                    _Event(event("response.output_item.done", output_index=0, item=item)),
+                    _Event(event("response.completed", response=final)),
+                ],
+                lambda index: _sse(
+                    {
+                        "type": "error",
+                        "code": "server_error",
+                        "message": _OPENAI_SERVER_ERROR,
+                        "param": None,
+                        "sequence_number": index,
+                    },
+                    event="error",
+                ),
+            )
         where = {"item_id": message_id, "output_index": 0, "content_index": 0}
         events = [
             _Event(event("response.created", response=response("in_progress", [], False))),
@@ -1261,6 +1379,31 @@ class ProviderStandIn:
         return _Stream(
             events, lambda index: _sse({**error, "sequence_number": index}, event="error")
         )
+
+    # OpenAI moderation ──────────────────────────────────────────────────────────────────────
+
+    def _moderations(self, ex: _Exchange) -> dict[str, Any]:
+        self._require(ex, "input")
+        model = ex.body.get("model") or "omni-moderation-latest"
+        results = []
+        for text in _embedding_inputs(ex.body.get("input")):
+            hits = {
+                category
+                for needle, category in self.moderation_rules.items()
+                if needle.lower() in text.lower()
+            }
+            flagged = hits | {c.split("/", 1)[0] for c in hits}
+            results.append(
+                {
+                    "flagged": bool(hits),
+                    "categories": {c: c in flagged for c in MODERATION_CATEGORIES},
+                    "category_scores": {
+                        c: 0.97 if c in flagged else 0.001 for c in MODERATION_CATEGORIES
+                    },
+                    "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES},
+                }
+            )
+        return {"id": f"modr-standin{ex.record.seq:06d}", "model": model, "results": results}
 
     # OpenAI embeddings and models ──────────────────────────────────────────────────────────────
 
@@ -1337,12 +1480,22 @@ class ProviderStandIn:
         stop_reason = "max_tokens" if cut else "end_turn"
         input_tokens = sum(count_tokens(t) for t in prompt.texts)
         output_tokens = count_tokens(text)
+        tool = self.tool_call
+        block: dict[str, Any] = {"type": "text", "text": text}
+        if tool is not None:
+            chunks, stop_reason = list(tool.arguments), "tool_use"
+            block = {
+                "type": "tool_use",
+                "id": f"toolu_standin{ex.record.seq:06d}",
+                "name": tool.name,
+                "input": json.loads(tool.text),
+            }
         message: dict[str, Any] = {
             "id": f"msg_standin{ex.record.seq:06d}",
             "type": "message",
             "role": "assistant",
             "model": self._served(requested),
-            "content": [{"type": "text", "text": text}],
+            "content": [block],
             "stop_reason": stop_reason,
             "stop_sequence": None,
             "usage": {
@@ -1369,7 +1522,9 @@ class ProviderStandIn:
                     {
                         "type": "content_block_start",
                         "index": 0,
-                        "content_block": {"type": "text", "text": ""},
+                        "content_block": {**block, "input": {}}
+                        if tool
+                        else {"type": "text", "text": ""},
                     },
                     "content_block_start",
                 )
@@ -1382,7 +1537,9 @@ class ProviderStandIn:
                     {
                         "type": "content_block_delta",
                         "index": 0,
-                        "delta": {"type": "text_delta", "text": piece},
+                        "delta": {"type": "input_json_delta", "partial_json": piece}
+                        if tool
+                        else {"type": "text_delta", "text": piece},
                     },
                     "content_block_delta",
                 ),

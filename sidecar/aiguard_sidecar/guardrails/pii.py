@@ -38,7 +38,7 @@ import hmac
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -125,6 +125,22 @@ def restore(text: str, mapping: dict[str, str]) -> str:
     if not mapping or "<" not in text:
         return text
     return _PLACEHOLDER.sub(lambda m: mapping.get(m.group(0), m.group(0)), text)
+
+
+def placeholders(text: str, mapping: Mapping[str, str]) -> list[tuple[int, int, str]]:
+    """``(start, end, placeholder)`` of every placeholder of ``mapping`` in ``text``."""
+    if not mapping or "<" not in text:
+        return []
+    return [
+        (m.start(), m.end(), m.group(0))
+        for m in _PLACEHOLDER.finditer(text)
+        if m.group(0) in mapping
+    ]
+
+
+def entity_of(placeholder: str) -> str:
+    """``<EMAIL_ADDRESS_1>`` → ``EMAIL_ADDRESS`` (for counts: never the value)."""
+    return placeholder[1:-1].rsplit("_", 1)[0]
 
 
 class StreamRestorer:

@@ -102,6 +102,18 @@ def _document(ex: Exchange, source: dict[str, Any], path: JSONPath) -> None:
         ex.count_unscanned(Unscanned.FILE)
 
 
+def _leaves(out: list[Segment], value: Any, path: JSONPath) -> None:
+    """Every string leaf of a tool call's ``input`` object, as output segments."""
+    if isinstance(value, str):
+        out.append(Segment(value, Role.TOOL_CALL, path))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _leaves(out, v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _leaves(out, v, (*path, i))
+
+
 def parse_messages(ex: Exchange, body: dict[str, Any]) -> None:
     system = body.get("system")
     if system is not None:
@@ -159,7 +171,14 @@ class MessagesStream(StreamParser):
                     event, index if isinstance(index, int) else 0, delta["text"], ("delta", "text")
                 )
             elif dtype == "input_json_delta" and isinstance(delta.get("partial_json"), str):
-                self.add_text(f"{index}.input", delta["partial_json"], Role.TOOL_CALL)
+                self.delta(
+                    event,
+                    f"{index}.input",
+                    delta["partial_json"],
+                    ("delta", "partial_json"),
+                    Role.TOOL_CALL,
+                    json_text=True,
+                )
         elif kind == "message_start":
             message = obj.get("message")
             if isinstance(message, dict):
@@ -224,6 +243,8 @@ class AnthropicInbound(Inbound):
                     info.segments.append(
                         Segment(block["text"], Role.OUTPUT, ("content", k, "text"))
                     )
+                elif block.get("type") == "tool_use":
+                    _leaves(info.segments, block.get("input"), ("content", k, "input"))
         return info
 
     def stream_parser(self, exchange: Exchange) -> StreamParser:

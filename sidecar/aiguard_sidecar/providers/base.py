@@ -166,15 +166,30 @@ class StreamParser(abc.ABC):
             texts.append(text)
 
     def delta(
-        self, event: StreamEvent, slot: int | str, text: str, path: tuple[str | int, ...]
+        self,
+        event: StreamEvent,
+        slot: int | str,
+        text: str,
+        path: tuple[str | int, ...],
+        role: Role = Role.OUTPUT,
+        *,
+        json_text: bool = False,
     ) -> None:
-        """Record output text carried by ``event``."""
-        self.add_text(slot, text)
-        d = TextDelta(slot, text, path)
+        """Record output text carried by ``event`` (tool-call arguments too: the output
+        guardrails see them as they stream, ``json_text`` marks them as JSON source)."""
+        self.add_text(slot, text, role)
+        d = TextDelta(slot, text, path, json_text)
         if event.deltas:
             event.deltas = [*event.deltas, d]
         else:
             event.deltas = [d]
+
+    @staticmethod
+    def snapshot(
+        event: StreamEvent, slot: int | str, text: str, path: tuple[str | int, ...]
+    ) -> None:
+        """``event`` repeats the whole text of ``slot`` at ``path`` (a closing event)."""
+        event.snapshots = [*event.snapshots, TextDelta(slot, text, path)]
 
     def finish(self) -> ResponseInfo:
         """The accumulated response; output segments are joined per slot."""

@@ -227,7 +227,7 @@ def read_chat_response(doc: dict[str, Any], info: ResponseInfo) -> None:
                 fn = call.get("function") if isinstance(call, dict) else None
                 if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
                     path = ("choices", i, "message", "tool_calls", k, "function", "arguments")
-                    info.segments.append(Segment(fn["arguments"], Role.TOOL_CALL, path))
+                    info.segments.append(Segment(fn["arguments"], Role.TOOL_CALL, path, True))
 
 
 def read_responses_response(doc: dict[str, Any], info: ResponseInfo) -> None:
@@ -251,7 +251,7 @@ def read_responses_response(doc: dict[str, Any], info: ResponseInfo) -> None:
                         info.segments.append(Segment(part[field], Role.OUTPUT, path))
         elif item.get("type") == "function_call" and isinstance(item.get("arguments"), str):
             info.segments.append(
-                Segment(item["arguments"], Role.TOOL_CALL, ("output", k, "arguments"))
+                Segment(item["arguments"], Role.TOOL_CALL, ("output", k, "arguments"), True)
             )
 
 
@@ -316,11 +316,29 @@ class ChatStream(StreamParser):
                     self.delta(event, index, content, ("choices", pos, "delta", "content"))
                 calls = delta.get("tool_calls")
                 if isinstance(calls, list):
-                    for call in calls:
+                    for k, call in enumerate(calls):
                         fn = call.get("function") if isinstance(call, dict) else None
-                        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                            slot = f"{index}.tool.{call.get('index', 0)}"
-                            self.add_text(slot, fn["arguments"], Role.TOOL_CALL)
+                        args = fn.get("arguments") if isinstance(fn, dict) else None
+                        if isinstance(args, str) and args:
+                            self.delta(
+                                event,
+                                f"{index}.tool.{call.get('index', k)}",
+                                args,
+                                ("choices", pos, "delta", "tool_calls", k, "function", "arguments"),
+                                Role.TOOL_CALL,
+                                json_text=True,
+                            )
+                fc = delta.get("function_call")  # the deprecated single function call
+                args = fc.get("arguments") if isinstance(fc, dict) else None
+                if isinstance(args, str) and args:
+                    self.delta(
+                        event,
+                        f"{index}.function",
+                        args,
+                        ("choices", pos, "delta", "function_call", "arguments"),
+                        Role.TOOL_CALL,
+                        json_text=True,
+                    )
             reason = choice.get("finish_reason")
             if isinstance(reason, str):
                 info.finish_reasons.append(reason)
@@ -341,20 +359,77 @@ class ResponsesStream(StreamParser):
                 slot = f"{obj.get('output_index', 0)}.{obj.get('content_index', 0)}"
                 self.delta(event, slot, text, ("delta",))
         elif kind == "response.function_call_arguments.delta":
-            if isinstance(obj.get("delta"), str):
-                self.add_text(f"{obj.get('output_index', 0)}.args", obj["delta"], Role.TOOL_CALL)
+            text = obj.get("delta")
+            if isinstance(text, str) and text:
+                slot = f"{obj.get('output_index', 0)}.args"
+                self.delta(event, slot, text, ("delta",), Role.TOOL_CALL, json_text=True)
+        elif kind in _SNAPSHOT_EVENTS:
+            _snapshots(event, kind, obj)
         elif kind in _RESPONSE_DONE or kind == "response.created":
             response = obj.get("response")
             if isinstance(response, dict):
                 info.served_model = _str(response.get("model")) or info.served_model
                 info.response_id = _str(response.get("id")) or info.response_id
                 if kind in _RESPONSE_DONE:
+                    output = response.get("output")
+                    if isinstance(output, list):
+                        for k, item in enumerate(output):
+                            _item_snapshots(event, item, k, ("response", "output", k))
                     _usage_responses(info, response.get("usage"))
                     if isinstance(response.get("status"), str):
                         info.finish_reasons.append(response["status"])
                     self.done = True
         elif kind == "error":
             info.stream_error = _str(obj.get("code")) or "error"
+
+
+_SNAPSHOT_EVENTS: Final = frozenset(
+    {
+        "response.output_text.done",
+        "response.refusal.done",
+        "response.content_part.done",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    }
+)
+
+
+def _snapshots(event: StreamEvent, kind: str, obj: dict[str, Any]) -> None:
+    """The closing events repeat the whole text of a slot: mark where (see ``snapshots``)."""
+    oi = obj.get("output_index", 0)
+    ci = obj.get("content_index", 0)
+    if kind == "response.output_text.done" and isinstance(obj.get("text"), str):
+        StreamParser.snapshot(event, f"{oi}.{ci}", obj["text"], ("text",))
+    elif kind == "response.refusal.done" and isinstance(obj.get("refusal"), str):
+        StreamParser.snapshot(event, f"{oi}.{ci}", obj["refusal"], ("refusal",))
+    elif kind == "response.content_part.done":
+        part = obj.get("part")
+        if isinstance(part, dict):
+            for field in ("text", "refusal"):
+                if isinstance(part.get(field), str):
+                    StreamParser.snapshot(event, f"{oi}.{ci}", part[field], ("part", field))
+    elif kind == "response.function_call_arguments.done" and isinstance(obj.get("arguments"), str):
+        StreamParser.snapshot(event, f"{oi}.args", obj["arguments"], ("arguments",))
+    elif kind == "response.output_item.done":
+        _item_snapshots(event, obj.get("item"), oi, ("item",))
+
+
+def _item_snapshots(event: StreamEvent, item: Any, oi: Any, path: tuple[str | int, ...]) -> None:
+    if not isinstance(item, dict):
+        return
+    if item.get("type") == "function_call" and isinstance(item.get("arguments"), str):
+        StreamParser.snapshot(event, f"{oi}.args", item["arguments"], (*path, "arguments"))
+        return
+    content = item.get("content")
+    if item.get("type") != "message" or not isinstance(content, list):
+        return
+    for j, part in enumerate(content):
+        if isinstance(part, dict):
+            for field in ("text", "refusal"):
+                if isinstance(part.get(field), str):
+                    StreamParser.snapshot(
+                        event, f"{oi}.{j}", part[field], (*path, "content", j, field)
+                    )
 
 
 def _error_code(error: Any) -> str:
