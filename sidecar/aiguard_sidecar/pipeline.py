@@ -42,6 +42,7 @@ from aiguard_sidecar.errors import ErrorKind, ProxyError
 from aiguard_sidecar.exchange import Api, EventAction, Exchange, ResponseInfo, WireFormat, dumps
 from aiguard_sidecar.hooks import ALLOW, GuardDecision, NoGuardrails, StreamGuard, Verdict
 from aiguard_sidecar.metrics import Metrics
+from aiguard_sidecar.moderation_endpoint import EndpointError
 from aiguard_sidecar.policy_store import PolicyStore
 from aiguard_sidecar.providers import Endpoint, Inbound
 from aiguard_sidecar.providers.sse import SSEError, SSESplitter
@@ -457,6 +458,11 @@ class Pipeline:
                     code="unreadable_response",
                     rule=rule,
                 )
+        elif isinstance(error, EndpointError):  # an outage, not a bug: one line, no traceback
+            log.warning(
+                "moderation endpoint failed",
+                extra={"fields": {"request_id": rec.request_id, "side": side, "error": str(error)}},
+            )
         else:
             log.exception(
                 "guardrail failed",

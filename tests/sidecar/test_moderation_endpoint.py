@@ -146,7 +146,11 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 async def test_endpoint_down_under_failure_mode_closed_is_a_503_in_the_clients_format(
-    start_sidecar: StartSidecar, upstream: ProviderStandIn, secrets: SecretVolume, fault: str
+    start_sidecar: StartSidecar,
+    upstream: ProviderStandIn,
+    secrets: SecretVolume,
+    fault: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     sc = await _start(start_sidecar, upstream, secrets, endpointTimeoutSeconds=0.3)
     upstream.fail_always(FAULTS[fault], path=MODERATIONS)
@@ -164,6 +168,11 @@ async def test_endpoint_down_under_failure_mode_closed_is_a_503_in_the_clients_f
     assert upstream.requests_to("/v1/messages") == []
     rec = sc.sink.last
     assert rec.outcome == "guardrail_error"
+    # An outage is a warning line per request, not a traceback: nothing here is a bug.
+    failed = [r for r in caplog.records if r.getMessage() == "moderation endpoint failed"]
+    assert len(failed) == 2
+    assert all(r.exc_info is None for r in failed)
+    assert not [r for r in caplog.records if r.getMessage() == "guardrail failed"]
 
 
 async def test_endpoint_down_under_failure_mode_open_is_allowed_and_counted(
