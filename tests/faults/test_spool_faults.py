@@ -73,6 +73,9 @@ async def test_a_full_spool_volume_follows_on_spool_failure_then_recovers(
 
     await collector.up()  # the collector drains the spool: requests are served again
     await wait_count(collector, spooled)
+    # The collector stores a batch before the shipper acknowledges it to the spool: until the
+    # acknowledgement, the spool is still full (and the next event would be refused/dropped).
+    await wait_for(lambda: spool.depth() == 0, within=10, what="the acknowledgement")
     assert await post(sc) == 200
     events = await wait_count(collector, spooled + 1)  # every event written, delivered once
     assert audit.verify_chain(events) == []
