@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,17 @@ from tests.harness.devoperator import DevOperator
 # to start with cached binaries). Set AIGUARD_TEST_KUBECONFIG=.local/kubeconfig to run the
 # tests against an already running control plane (`make cluster-up`) instead.
 # Tests that use it are marked `cluster` automatically, so `-m 'not cluster'` skips them.
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Everything collection imported (the openai and anthropic SDKs alone are ~200,000 objects
+    of pydantic models) lives for the whole session: freeze it out of the cyclic collector, as
+    ``aiguard-sidecar`` freezes its startup objects (``main.serve``). Otherwise each full
+    collection pauses the test process for 100-250 ms on a busy machine, inside whichever
+    in-process sidecar request it lands, and the ``no_blocking`` watchdog reports a blocked loop
+    that production never has."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
