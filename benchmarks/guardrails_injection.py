@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +37,7 @@ from benchmarks import _guardrail_data as data
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_THRESHOLD = policy.PromptInjectionGuardrail().threshold
 MAX_FPR = 0.02
+HARD_NEGATIVES = "benign_hard"
 
 
 def _rate(flags: Sequence[bool]) -> float | None:
@@ -66,7 +69,7 @@ def _variant_scores(rows: Sequence[data.Row], fn: Callable[[str], float]) -> lis
 
 
 def evaluate(eval_dir: Path = data.DEFAULT_EVAL_DIR, *, timing: bool = True) -> dict[str, Any]:
-    model = linear.load(injection.MODEL_NAME)
+    model = linear.load_compact(injection.MODEL_NAME)
     attacks_all = data.load("prompt_attacks", eval_dir)
     benign_all = data.load("benign_prompts", eval_dir)
     attacks = [r for r in attacks_all if r.heldout]
@@ -91,6 +94,7 @@ def evaluate(eval_dir: Path = data.DEFAULT_EVAL_DIR, *, timing: bool = True) -> 
         "split": data.SPLIT_RULE,
         "model": {
             "trained": model.provenance.get("trained"),
+            "format": linear.COMPACT_FORMAT,
             "n_grams": model.n_features(),
             "file_bytes": (linear.MODELS_DIR / "injection.json").stat().st_size,
         },
@@ -124,6 +128,24 @@ def evaluate(eval_dir: Path = data.DEFAULT_EVAL_DIR, *, timing: bool = True) -> 
                 "rate": _rate([s >= DEFAULT_THRESHOLD for s in sd]),
                 "note": "hand-written ordinary prompts (hack/data/benign.jsonl), held-out part",
             }
+            hard = [r for r in data.load_seed(HARD_NEGATIVES) if r.heldout]
+            hd = _variant_scores(hard, fn)
+            entry["at_default_threshold"]["seed_hard_negatives"] = {
+                "n": len(hard),
+                "rate": _rate([s >= DEFAULT_THRESHOLD for s in hd]),
+                "by_category": {
+                    cat: _rate(
+                        [
+                            s >= DEFAULT_THRESHOLD
+                            for s, r in zip(hd, hard, strict=True)
+                            if r.category == cat
+                        ]
+                    )
+                    for cat in sorted({r.category for r in hard})
+                },
+                "note": "hand-written developer questions, greetings and tool outputs "
+                "(hack/data/benign_hard.jsonl), held-out part",
+            }
             o = _variant_scores(others, fn)
             entry["at_default_threshold"]["other_negatives_by_source"] = _summarise(
                 o, others, DEFAULT_THRESHOLD
@@ -148,6 +170,7 @@ def evaluate(eval_dir: Path = data.DEFAULT_EVAL_DIR, *, timing: bool = True) -> 
     result["indirect"] = _indirect(attacks, eval_dir, full)
     if timing:
         result["cpu"] = cpu_per_2kb(attacks + benign, model)
+        result["memory"] = model_memory()
     return result
 
 
@@ -198,7 +221,7 @@ def _texts_2kb(rows: Sequence[data.Row], n: int = 400) -> list[str]:
     return out
 
 
-def cpu_per_2kb(rows: Sequence[data.Row], model: linear.LinearModel) -> dict[str, Any]:
+def cpu_per_2kb(rows: Sequence[data.Row], model: linear.CompactModel) -> dict[str, Any]:
     texts = _texts_2kb(rows)
     guard = injection.PromptInjectionGuardrail(policy.PromptInjectionGuardrail())
     ctx = ScanContext(direction=Direction.INPUT)
@@ -234,6 +257,35 @@ def cpu_per_2kb(rows: Sequence[data.Row], model: linear.LinearModel) -> dict[str
         },
         "note": "CPU time (time.process_time), median of 5 passes, one thread",
     }
+
+
+_MEMORY_PROBE = """
+import gc, json, sys, tracemalloc
+from aiguard_sidecar.guardrails import injection, linear, textnorm
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+gc.collect()
+r0 = rss()
+tracemalloc.start()
+linear.load_compact(injection.MODEL_NAME)
+cur, peak = tracemalloc.get_traced_memory()
+tracemalloc.stop()
+gc.collect()
+json.dump({"rss_delta_bytes": rss() - r0, "traced_bytes": cur, "traced_peak_bytes": peak},
+          sys.stdout)
+"""
+
+
+def model_memory() -> dict[str, Any]:
+    """Memory of loading the injection model in a fresh interpreter: RSS growth (Linux
+    /proc/self/statm) and what tracemalloc sees still allocated, and at the peak (parsing)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True, check=True
+    )
+    res: dict[str, Any] = json.loads(out.stdout)
+    res["note"] = "fresh process; model modules imported before the first reading"
+    return res
 
 
 def _per_item(fn: Callable[[int], object], n: int) -> float:
@@ -277,6 +329,8 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"{'ALL benign':34s} {res['n']['benign']:5d} {_pct(d['benign_fpr']):>9s}")
     sb = d["seed_benign"]
     print(f"{'  seed/hand-written (ours)':34s} {sb['n']:5d} {_pct(sb['rate']):>9s}")
+    hn = d["seed_hard_negatives"]
+    print(f"{'  seed/hard negatives (ours)':34s} {hn['n']:5d} {_pct(hn['rate']):>9s}")
     for src, v in d.get("other_negatives_by_source", {}).items():
         print(f"{'  other: ' + src:34s} {v['n']:5d} {_pct(v['rate']):>9s}")
     print("ablations (detected at default | at ≤2% FPR, benign FPR at default):")
@@ -301,6 +355,13 @@ def print_table(res: dict[str, Any]) -> None:
     if "cpu" in res:
         ms = res["cpu"]["ms_per_2kb"]
         print("CPU ms per 2 KB: " + ", ".join(f"{k} {v:.3f}" for k, v in ms.items()))
+    if "memory" in res:
+        mem = res["memory"]
+        print(
+            f"model memory: RSS +{mem['rss_delta_bytes'] / 1e6:.2f} MB, "
+            f"tracemalloc {mem['traced_bytes'] / 1e6:.2f} MB "
+            f"(peak {mem['traced_peak_bytes'] / 1e6:.2f} MB)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
