@@ -24,6 +24,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -288,6 +289,88 @@ def model_memory() -> dict[str, Any]:
     return res
 
 
+_COMPARE_PROBE = """
+import gc, json, statistics, sys, time
+tree, texts_file = sys.argv[1], sys.argv[2]
+sys.path[:0] = [tree + "/sidecar", tree + "/api"]
+from aiguard_api import policy
+from aiguard_sidecar.guardrails import injection, textnorm
+from aiguard_sidecar.guardrails.base import Direction, Role, ScanContext, Segment
+texts = json.load(open(texts_file, encoding="utf-8"))
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+gc.collect()
+r0 = rss()
+guard = injection.PromptInjectionGuardrail(policy.PromptInjectionGuardrail())
+gc.collect()
+r1 = rss()
+ctx = ScanContext(direction=Direction.INPUT)
+for t in texts[:20]:
+    guard.check([Segment(0, t, Role.USER)], ctx)
+normed = [textnorm._normalize(t) for t in texts]
+check, clf = [], []
+for _ in range(5):
+    textnorm._cached.cache_clear()
+    t0 = time.process_time()
+    for t in texts:
+        guard.check([Segment(0, t, Role.USER)], ctx)
+    check.append((time.process_time() - t0) / len(texts) * 1e6)
+    t0 = time.process_time()
+    for n in normed:
+        guard.model.logits_of(n)
+    clf.append((time.process_time() - t0) / len(texts) * 1e6)
+json.dump({"check_us": statistics.median(check), "classifier_us": statistics.median(clf),
+           "guardrail_init_rss_bytes": r1 - r0}, sys.stdout)
+"""
+
+
+def compare(ref: str, eval_dir: Path, rounds: int = 3) -> dict[str, Any]:
+    """CPU per 2 KB and the guardrail's load-time RSS of this tree and of git ``ref``, run in
+    turns (ref, this, ref, this, ...) in fresh processes on the same texts: figures to compare
+    as ratios within one run on a shared machine."""
+    root = Path(__file__).resolve().parents[1]
+    rows = [
+        r for f in ("prompt_attacks", "benign_prompts") for r in data.load(f, eval_dir) if r.heldout
+    ]
+    out: dict[str, list[dict[str, float]]] = {"ref": [], "this": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ref_tree = Path(tmp) / "ref"
+        ref_tree.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", ref, "sidecar", "api"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(ref_tree)], input=archive, check=True)
+        texts_file = Path(tmp) / "texts.json"
+        texts_file.write_text(json.dumps(_texts_2kb(rows)), encoding="utf-8")
+        for _ in range(rounds):
+            for name, tree in (("ref", ref_tree), ("this", root)):
+                r = subprocess.run(
+                    [sys.executable, "-c", _COMPARE_PROBE, str(tree), str(texts_file)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                out[name].append(json.loads(r.stdout))
+    med = {
+        name: {k: round(statistics.median(run[k] for run in runs), 1) for k in runs[0]}
+        for name, runs in out.items()
+    }
+    return {
+        "ref": ref,
+        "rounds": rounds,
+        "median": med,
+        "check_ratio_this_over_ref": round(med["this"]["check_us"] / med["ref"]["check_us"], 3),
+        "classifier_ratio_this_over_ref": round(
+            med["this"]["classifier_us"] / med["ref"]["classifier_us"], 3
+        ),
+        "note": "CPU µs per 2 KB text (time.process_time, median of 5 passes per process, "
+        "median over rounds); RSS growth of constructing the guardrail (model + signatures)",
+    }
+
+
 def _per_item(fn: Callable[[int], object], n: int) -> float:
     runs = []
     for _ in range(5):
@@ -368,9 +451,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="prompt-injection benchmark (held-out split)")
     ap.add_argument("--eval-dir", type=Path, default=data.DEFAULT_EVAL_DIR)
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument(
+        "--compare-ref",
+        metavar="REF",
+        help="only compare CPU per 2 KB and load RSS with git REF (turns, fresh processes)",
+    )
     args = ap.parse_args(argv)
     if not (args.eval_dir / "prompt_attacks.dev.jsonl").exists():
         print(f"no evaluation data in {args.eval_dir}; skipped")
+        return 0
+    if args.compare_ref:
+        cmp = compare(args.compare_ref, args.eval_dir)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out = RESULTS / "guardrails_injection_compare.json"
+        out.write_text(json.dumps(cmp, indent=1) + "\n", encoding="utf-8")
+        for name, m in cmp["median"].items():
+            print(
+                f"{name:5s} check {m['check_us']:7.1f} µs/2KB, classifier {m['classifier_us']:6.1f}"
+                f" µs/2KB, guardrail load RSS +{m['guardrail_init_rss_bytes'] / 1e6:.2f} MB"
+            )
+        print(f"wrote {out}")
         return 0
     res = evaluate(args.eval_dir, timing=not args.no_timing)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiguard_sidecar.guardrails import textnorm
 
@@ -306,14 +306,16 @@ class CompactModel:
             uni_keys = str(doc["unigrams"]).split("\n") if doc["unigrams"] else []
             bi_lines = str(doc["bigrams"]).split("\n") if doc["bigrams"] else []
             ws = _decode_weights(str(doc["weights_zlib_b64"]), len(uni_keys) + len(bi_lines))
-            unigrams = dict(zip(map(sys.intern, uni_keys), ws, strict=False))
-            bigrams: dict[tuple[str, str], int] = {}
-            for line, w in zip(bi_lines, ws[len(uni_keys) :], strict=True):
-                a, sep, b = line.partition(" ")
-                if not sep or not a or not b or " " in b:
-                    raise ModelError(f"malformed bigram {line!r}")
-                bigrams[(sys.intern(a), sys.intern(b))] = w
-            if len(unigrams) != len(uni_keys) or len(bigrams) != len(bi_lines):
+            pool: dict[int, int] = {}
+            ws = list(map(pool.setdefault, ws, ws))  # one int object per distinct weight
+            uni_keys = list(map(sys.intern, uni_keys))
+            pairs = [tuple(map(sys.intern, line.split(" "))) for line in bi_lines]
+            del bi_lines
+            if any(len(p) != 2 or not all(p) for p in pairs):
+                raise ModelError("malformed bigram")
+            unigrams = _sized_dict(uni_keys, ws[: len(uni_keys)])
+            bigrams = cast("dict[tuple[str, str], int]", _sized_dict(pairs, ws[len(uni_keys) :]))
+            if len(unigrams) != len(uni_keys) or len(bigrams) != len(pairs):
                 raise ModelError("duplicate vocabulary entries")
             extra = dict(doc.get("extra", {}))
         except (KeyError, TypeError, ValueError, zlib.error) as e:
@@ -333,6 +335,14 @@ class CompactModel:
         )
 
 
+def _sized_dict(keys: Sequence[Any], values: Sequence[int]) -> dict[Any, int]:
+    """dict(zip(keys, values)) with a table sized for its keys once (``dict.fromkeys`` of a set
+    allocates it at the final size), not grown by doubling."""
+    d: dict[Any, int] = dict.fromkeys(set(keys), 0)
+    d.update(zip(keys, values, strict=True))
+    return d
+
+
 @lru_cache(maxsize=8)
 def load_compact(name: str, directory: Path = MODELS_DIR) -> CompactModel:
     """Load ``<directory>/<name>.json``, a compact model, once per process."""
@@ -341,4 +351,7 @@ def load_compact(name: str, directory: Path = MODELS_DIR) -> CompactModel:
         doc = json.loads(path.read_bytes())
     except (OSError, json.JSONDecodeError) as e:
         raise ModelError(f"cannot read model {path}: {e}") from e
-    return CompactModel.from_dict(doc)
+    model = CompactModel.from_dict(doc)
+    del doc
+    textnorm.release_freed_memory()  # the parse's transient heap, not kept as idle RSS
+    return model
