@@ -17,7 +17,8 @@ previous instructions" or ``<|im_start|>system`` also lifts the logit to at leas
 STRONG_FLOOR, so it is enough on its own; weak ones ("you are now") only tip a borderline
 classifier score. ``offset`` is stored with the model: the training
 script sets it so that the default threshold 0.5 sits at the operating point chosen by
-cross-validation on the training split (≈1 % false positives on ordinary prompts).
+cross-validation on the training split (1.25 % false positives on ordinary prompts, the
+hand-written ones in hack/data included).
 
 Which segments are scanned, and why:
 

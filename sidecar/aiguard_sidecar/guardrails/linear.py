@@ -32,6 +32,9 @@ Model files are JSON (``guardrails/models/*.json``)::
 
 A key with a space is a word bigram, any other key a word or a punctuation run; its value
 holds one weight per head (a weight may be 0: the n-gram still counts in the normalisation).
+
+Single-head models (the injection classifier) use the compact form :class:`CompactModel`
+(``aiguard-compact/1``, described below): the same classifier, a fraction of the memory.
 """
 
 from __future__ import annotations
