@@ -558,7 +558,7 @@ def _malloc_trim() -> Any:
         import ctypes
 
         return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+    except (ImportError, OSError, AttributeError):  # no ctypes, or not glibc: nothing to do
         return None
 
 
