@@ -22,6 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +38,7 @@ from benchmarks import _guardrail_data as data
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_THRESHOLD = policy.PromptInjectionGuardrail().threshold
 MAX_FPR = 0.02
+HARD_NEGATIVES = "benign_hard"
 
 
 def _rate(flags: Sequence[bool]) -> float | None:
@@ -66,7 +70,7 @@ def _variant_scores(rows: Sequence[data.Row], fn: Callable[[str], float]) -> lis
 
 
 def evaluate(eval_dir: Path = data.DEFAULT_EVAL_DIR, *, timing: bool = True) -> dict[str, Any]:
-    model = linear.load(injection.MODEL_NAME)
+    model = linear.load_compact(injection.MODEL_NAME)
     attacks_all = data.load("prompt_attacks", eval_dir)
     benign_all = data.load("benign_prompts", eval_dir)
     attacks = [r for r in attacks_all if r.heldout]
@@ -91,6 +95,7 @@ def evaluate(eval_dir: Path = data.DEFAULT_EVAL_DIR, *, timing: bool = True) -> 
         "split": data.SPLIT_RULE,
         "model": {
             "trained": model.provenance.get("trained"),
+            "format": linear.COMPACT_FORMAT,
             "n_grams": model.n_features(),
             "file_bytes": (linear.MODELS_DIR / "injection.json").stat().st_size,
         },
@@ -124,6 +129,24 @@ def evaluate(eval_dir: Path = data.DEFAULT_EVAL_DIR, *, timing: bool = True) -> 
                 "rate": _rate([s >= DEFAULT_THRESHOLD for s in sd]),
                 "note": "hand-written ordinary prompts (hack/data/benign.jsonl), held-out part",
             }
+            hard = [r for r in data.load_seed(HARD_NEGATIVES) if r.heldout]
+            hd = _variant_scores(hard, fn)
+            entry["at_default_threshold"]["seed_hard_negatives"] = {
+                "n": len(hard),
+                "rate": _rate([s >= DEFAULT_THRESHOLD for s in hd]),
+                "by_category": {
+                    cat: _rate(
+                        [
+                            s >= DEFAULT_THRESHOLD
+                            for s, r in zip(hd, hard, strict=True)
+                            if r.category == cat
+                        ]
+                    )
+                    for cat in sorted({r.category for r in hard})
+                },
+                "note": "hand-written developer questions, greetings and tool outputs "
+                "(hack/data/benign_hard.jsonl), held-out part",
+            }
             o = _variant_scores(others, fn)
             entry["at_default_threshold"]["other_negatives_by_source"] = _summarise(
                 o, others, DEFAULT_THRESHOLD
@@ -148,6 +171,7 @@ def evaluate(eval_dir: Path = data.DEFAULT_EVAL_DIR, *, timing: bool = True) -> 
     result["indirect"] = _indirect(attacks, eval_dir, full)
     if timing:
         result["cpu"] = cpu_per_2kb(attacks + benign, model)
+        result["memory"] = model_memory()
     return result
 
 
@@ -198,7 +222,7 @@ def _texts_2kb(rows: Sequence[data.Row], n: int = 400) -> list[str]:
     return out
 
 
-def cpu_per_2kb(rows: Sequence[data.Row], model: linear.LinearModel) -> dict[str, Any]:
+def cpu_per_2kb(rows: Sequence[data.Row], model: linear.CompactModel) -> dict[str, Any]:
     texts = _texts_2kb(rows)
     guard = injection.PromptInjectionGuardrail(policy.PromptInjectionGuardrail())
     ctx = ScanContext(direction=Direction.INPUT)
@@ -233,6 +257,117 @@ def cpu_per_2kb(rows: Sequence[data.Row], model: linear.LinearModel) -> dict[str
             "classifier": clf_ms,
         },
         "note": "CPU time (time.process_time), median of 5 passes, one thread",
+    }
+
+
+_MEMORY_PROBE = """
+import gc, json, sys, tracemalloc
+from aiguard_sidecar.guardrails import injection, linear, textnorm
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+gc.collect()
+r0 = rss()
+tracemalloc.start()
+linear.load_compact(injection.MODEL_NAME)
+cur, peak = tracemalloc.get_traced_memory()
+tracemalloc.stop()
+gc.collect()
+json.dump({"rss_delta_bytes": rss() - r0, "traced_bytes": cur, "traced_peak_bytes": peak},
+          sys.stdout)
+"""
+
+
+def model_memory() -> dict[str, Any]:
+    """Memory of loading the injection model in a fresh interpreter: RSS growth (Linux
+    /proc/self/statm) and what tracemalloc sees still allocated, and at the peak (parsing)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True, check=True
+    )
+    res: dict[str, Any] = json.loads(out.stdout)
+    res["note"] = "fresh process; model modules imported before the first reading"
+    return res
+
+
+_COMPARE_PROBE = """
+import gc, json, statistics, sys, time
+tree, texts_file = sys.argv[1], sys.argv[2]
+sys.path[:0] = [tree + "/sidecar", tree + "/api"]
+from aiguard_api import policy
+from aiguard_sidecar.guardrails import injection, textnorm
+from aiguard_sidecar.guardrails.base import Direction, Role, ScanContext, Segment
+texts = json.load(open(texts_file, encoding="utf-8"))
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+gc.collect()
+r0 = rss()
+guard = injection.PromptInjectionGuardrail(policy.PromptInjectionGuardrail())
+gc.collect()
+r1 = rss()
+ctx = ScanContext(direction=Direction.INPUT)
+for t in texts[:20]:
+    guard.check([Segment(0, t, Role.USER)], ctx)
+normed = [textnorm._normalize(t) for t in texts]
+check, clf = [], []
+for _ in range(5):
+    textnorm._cached.cache_clear()
+    t0 = time.process_time()
+    for t in texts:
+        guard.check([Segment(0, t, Role.USER)], ctx)
+    check.append((time.process_time() - t0) / len(texts) * 1e6)
+    t0 = time.process_time()
+    for n in normed:
+        guard.model.logits_of(n)
+    clf.append((time.process_time() - t0) / len(texts) * 1e6)
+json.dump({"check_us": statistics.median(check), "classifier_us": statistics.median(clf),
+           "guardrail_init_rss_bytes": r1 - r0}, sys.stdout)
+"""
+
+
+def compare(ref: str, eval_dir: Path, rounds: int = 3) -> dict[str, Any]:
+    """CPU per 2 KB and the guardrail's load-time RSS of this tree and of git ``ref``, run in
+    turns (ref, this, ref, this, ...) in fresh processes on the same texts: figures to compare
+    as ratios within one run on a shared machine."""
+    root = Path(__file__).resolve().parents[1]
+    rows = [
+        r for f in ("prompt_attacks", "benign_prompts") for r in data.load(f, eval_dir) if r.heldout
+    ]
+    out: dict[str, list[dict[str, float]]] = {"ref": [], "this": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ref_tree = Path(tmp) / "ref"
+        ref_tree.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", ref, "sidecar", "api"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(ref_tree)], input=archive, check=True)
+        texts_file = Path(tmp) / "texts.json"
+        texts_file.write_text(json.dumps(_texts_2kb(rows)), encoding="utf-8")
+        for _ in range(rounds):
+            for name, tree in (("ref", ref_tree), ("this", root)):
+                r = subprocess.run(
+                    [sys.executable, "-c", _COMPARE_PROBE, str(tree), str(texts_file)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                out[name].append(json.loads(r.stdout))
+    med = {
+        name: {k: round(statistics.median(run[k] for run in runs), 1) for k in runs[0]}
+        for name, runs in out.items()
+    }
+    return {
+        "ref": ref,
+        "rounds": rounds,
+        "median": med,
+        "check_ratio_this_over_ref": round(med["this"]["check_us"] / med["ref"]["check_us"], 3),
+        "classifier_ratio_this_over_ref": round(
+            med["this"]["classifier_us"] / med["ref"]["classifier_us"], 3
+        ),
+        "note": "CPU µs per 2 KB text (time.process_time, median of 5 passes per process, "
+        "median over rounds); RSS growth of constructing the guardrail (model + signatures)",
     }
 
 
@@ -277,6 +412,8 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"{'ALL benign':34s} {res['n']['benign']:5d} {_pct(d['benign_fpr']):>9s}")
     sb = d["seed_benign"]
     print(f"{'  seed/hand-written (ours)':34s} {sb['n']:5d} {_pct(sb['rate']):>9s}")
+    hn = d["seed_hard_negatives"]
+    print(f"{'  seed/hard negatives (ours)':34s} {hn['n']:5d} {_pct(hn['rate']):>9s}")
     for src, v in d.get("other_negatives_by_source", {}).items():
         print(f"{'  other: ' + src:34s} {v['n']:5d} {_pct(v['rate']):>9s}")
     print("ablations (detected at default | at ≤2% FPR, benign FPR at default):")
@@ -301,15 +438,39 @@ def print_table(res: dict[str, Any]) -> None:
     if "cpu" in res:
         ms = res["cpu"]["ms_per_2kb"]
         print("CPU ms per 2 KB: " + ", ".join(f"{k} {v:.3f}" for k, v in ms.items()))
+    if "memory" in res:
+        mem = res["memory"]
+        print(
+            f"model memory: RSS +{mem['rss_delta_bytes'] / 1e6:.2f} MB, "
+            f"tracemalloc {mem['traced_bytes'] / 1e6:.2f} MB "
+            f"(peak {mem['traced_peak_bytes'] / 1e6:.2f} MB)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="prompt-injection benchmark (held-out split)")
     ap.add_argument("--eval-dir", type=Path, default=data.DEFAULT_EVAL_DIR)
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument(
+        "--compare-ref",
+        metavar="REF",
+        help="only compare CPU per 2 KB and load RSS with git REF (turns, fresh processes)",
+    )
     args = ap.parse_args(argv)
     if not (args.eval_dir / "prompt_attacks.dev.jsonl").exists():
         print(f"no evaluation data in {args.eval_dir}; skipped")
+        return 0
+    if args.compare_ref:
+        cmp = compare(args.compare_ref, args.eval_dir)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out = RESULTS / "guardrails_injection_compare.json"
+        out.write_text(json.dumps(cmp, indent=1) + "\n", encoding="utf-8")
+        for name, m in cmp["median"].items():
+            print(
+                f"{name:5s} check {m['check_us']:7.1f} µs/2KB, classifier {m['classifier_us']:6.1f}"
+                f" µs/2KB, guardrail load RSS +{m['guardrail_init_rss_bytes'] / 1e6:.2f} MB"
+            )
+        print(f"wrote {out}")
         return 0
     res = evaluate(args.eval_dir, timing=not args.no_timing)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -7,23 +7,28 @@
 Needs scikit-learn and numpy (training only: the sidecar reads the JSON it writes with pure
 Python). Deterministic: fixed split, fixed folds, liblinear with a fixed seed, weights rounded;
 the same data gives byte-identical model files on the same day (the date is recorded).
+``--only injection`` retrains the injection model alone (about a minute and a half).
 
 What it does
-    1. loads ../shared/eval and the hand-written seed data in hack/data/ (if any), and splits
+    1. loads ../shared/eval and the hand-written seed data in hack/data/ (benign.jsonl, and for
+       injection benign_hard.jsonl: developer questions, greetings, tool outputs), and splits
        every file by a stable hash (benchmarks/_guardrail_data.py: 30 % held out, per row; a
        GPTFuzz question and all its answers fall on one side). Only the training side is used
        to fit, select or calibrate anything.
-    2. featurises with the sidecar's own code (textnorm.normalize → linear.tokens →
-       linear.feature_set): distinct word unigrams + bigrams, binary, L2-normalised.
-    3. injection: picks C and the weight of benign prompts by 5-fold cross-validation on the
-       training side (objective: detection at 1.5 % false positives on benign prompts, with
-       the signature boosts of injection.py added), fits, keeps the TOP_K strongest n-grams,
-       refits on them, and sets ``offset`` so the default threshold 0.5 sits at 1.5 % false
-       positives of the cross-validated scores.
-    4. moderation: one head per category on the rows labelled for it (mapping documented in
-       benchmarks/_guardrail_data.py), same procedure; each head's offset puts 0.5 at the
+    2. injection: features with the sidecar's own code (textnorm.normalize → linear.feature_set):
+       distinct word unigrams + bigrams and punctuation runs, binary, L2-normalised over the
+       vocabulary with linear.NORM_FLOOR. Picks C and the weight of ordinary prompts by 5-fold
+       cross-validation on the training side (objective: detection at TARGET_FPR false
+       positives on ordinary prompts, scored as injection.score_text does: signature boosts
+       added, a strong signature family always firing), fits, keeps the TOP_K strongest
+       n-grams, refits on them, and sets ``offset`` so the default threshold 0.5 sits at
+       TARGET_FPR of the cross-validated scores. Written as linear.CompactModel (vocabulary
+       strings + 16-bit fixed-point weights).
+    3. moderation: the same features, one head per category on the rows labelled for it
+       (mapping documented in benchmarks/_guardrail_data.py), C by cross-validation, fitted,
+       the TOP_K strongest n-grams kept and refitted; each head's offset puts 0.5 at the
        cross-validated F1-optimal threshold; lexicons from hack/data/moderation_lexicons.json.
-    5. writes models/injection.json and models/moderation.json (weights + provenance) and
+    4. writes models/injection.json and models/moderation.json (weights + provenance) and
        models/metrics.json (cross-validation figures, and the held-out split's figures from
        the benchmarks' evaluation code, so the numbers are the shipped model's).
 """
@@ -57,13 +62,18 @@ MIN_DF = 2
 TOP_K_INJECTION = 20000
 TOP_K_MODERATION = 24000
 WEIGHT_DECIMALS = 4
-TARGET_FPR = 0.015  # injection operating point on benign prompts (cross-validated)
+# Injection operating point: false positives on ordinary prompts (corpus + hand-written), of the
+# cross-validated scores; below the issue's 2 % so that the held-out figure has some margin.
+TARGET_FPR = 0.0125
 # The hand-written ordinary questions (hack/data/benign.jsonl) stand for the most common
 # traffic, which the corpora barely contain: their rows weigh SEED_WEIGHT times more (fixed
 # beforehand; cross-validation on the training split agreed: fewer false positives on them,
 # detection unchanged).
 SEED_WEIGHT = 3.0
 INJECTION_GRID = [(c, bw) for c in (8.0, 16.0, 32.0) for bw in (1.0, 3.0)]
+MAX_SCALE = 4096  # injection weights: 16-bit fixed point (linear.CompactModel)
+# Hand-written hard negatives for injection only (developer questions, greetings, tool output)
+HARD_NEGATIVES = "benign_hard"
 MODERATION_GRID = (2.0, 8.0, 32.0)
 LEXICONS = ROOT / "hack" / "data" / "moderation_lexicons.json"
 CV_RULE = (
@@ -237,15 +247,20 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 # Injection
 
 
-def injection_boosts(texts: Sequence[str]) -> np.ndarray:
+def injection_boosts(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Signature and evasion boosts as injection.score_text adds them (user role), and whether a
+    strong family fired (then score_text lifts the logit to STRONG_FLOOR: the text fires at the
+    default threshold whatever the classifier says)."""
     out = []
+    strong = []
     for t in texts:
         norm = textnorm.normalize(t)
         fams = injection.signature_families(norm) - injection.INDIRECT_ONLY_FAMILIES
         b = sum(injection.FAMILY_BOOST[f] for f in fams)
         b += sum(injection.EVASION_BOOST.get(e, 0.0) for e in norm.evasions)
         out.append(min(b, injection.BOOST_CAP))
-    return np.array(out)
+        strong.append(bool(fams & injection.STRONG_FAMILIES))
+    return np.array(out), np.array(strong)
 
 
 def detection_at(
@@ -253,6 +268,20 @@ def detection_at(
 ) -> tuple[float, float]:
     thr = float(np.quantile(scores[benign], 1.0 - fpr, method="higher"))
     return float((scores[y == 1] > thr).mean()), thr
+
+
+def combine(clf: np.ndarray, boosts: np.ndarray, strong: np.ndarray) -> np.ndarray:
+    """The logit before the offset, as score_text computes it; a strong family always fires."""
+    return np.where(strong, np.inf, clf + boosts)
+
+
+def fixed_point(coef: np.ndarray) -> tuple[int, list[int]]:
+    """The largest power-of-two scale ≤ MAX_SCALE at which every weight fits in 16 bits."""
+    peak = float(np.abs(coef).max()) or 1.0
+    scale = 1
+    while scale * 2 <= MAX_SCALE and peak * scale * 2 <= 32767:
+        scale *= 2
+    return scale, [int(v) for v in np.rint(coef * scale).astype(np.int64)]
 
 
 def train_injection(
@@ -263,24 +292,24 @@ def train_injection(
         for f in data.INJECTION_FILES + data.INJECTION_EXTRA_NEGATIVES
         for r in data.load(f, eval_dir)
     ]
-    rows += data.load_seed("benign")
+    rows += data.load_seed("benign") + data.load_seed(HARD_NEGATIVES)
     train = [r for r in rows if not r.heldout]
     y = np.array([data.injection_label(r) for r in train])
-    # ordinary prompts: the corpus's benign prompts and the hand-written seed questions
-    benign = np.array([data.is_ordinary_prompt(r) for r in train])
+    # ordinary prompts: the corpus's benign prompts and the hand-written seed rows
+    seed = np.array([r.file.startswith("seed:") for r in train])
+    benign = np.array([data.is_ordinary_prompt(r) for r in train]) | seed
     feats = featurise([r.text for r in train])
-    boosts = injection_boosts([r.text for r in train])
+    boosts, strong = injection_boosts([r.text for r in train])
     idx = np.arange(len(train))
-    log(f"injection: {len(train)} training rows ({int(y.sum())} attacks)")
+    log(f"injection: {len(train)} training rows ({int(y.sum())} attacks, {int(seed.sum())} seed)")
     best: tuple[float, float, float] | None = None
     grid = []
-    seed = np.array([r.file == "seed:benign" for r in train])
     for c, bw in INJECTION_GRID:
         w = np.where(benign, bw, 1.0) * np.where(seed, SEED_WEIGHT, 1.0)
         oof = cross_validate(
             train, feats, {"injection": (idx, y, w)}, {"injection": c}, TOP_K_INJECTION
         )["injection"]
-        det, _ = detection_at(oof + boosts, y, benign, TARGET_FPR)
+        det, _ = detection_at(combine(oof, boosts, strong), y, benign, TARGET_FPR)
         det_clf, _ = detection_at(oof, y, benign, TARGET_FPR)
         grid.append(
             {
@@ -291,7 +320,7 @@ def train_injection(
             }
         )
         log(
-            f"  C={c:g} benign_weight={bw:g}: cv detection at {TARGET_FPR:.1%} FPR {det:.3f} "
+            f"  C={c:g} benign_weight={bw:g}: cv detection at {TARGET_FPR:.2%} FPR {det:.3f} "
             f"(classifier alone {det_clf:.3f})"
         )
         if best is None or det > best[0] + 1e-9:
@@ -302,23 +331,30 @@ def train_injection(
     oof = cross_validate(
         train, feats, {"injection": (idx, y, w)}, {"injection": c}, TOP_K_INJECTION
     )["injection"]
-    combined = oof + boosts
+    combined = combine(oof, boosts, strong)
     det, offset = detection_at(combined, y, benign, TARGET_FPR)
     cv_by_source: dict[str, dict[str, float | int]] = {}
-    for src in sorted({r.short_source for r in train}):
-        m = np.array([r.short_source == src for r in train])
-        if (y[m] == 1).any():
-            cv_by_source[src] = {
-                "n": int(m.sum()),
-                "detected": round(float((combined[m] > offset).mean()), 4),
-            }
-        else:
-            cv_by_source[src] = {
-                "n": int(m.sum()),
-                "false_positive_rate": round(float((combined[m] > offset).mean()), 4),
-            }
+    for src in sorted(
+        {
+            r.short_source if r.file != f"seed:{HARD_NEGATIVES}" else "seed/hard-negatives"
+            for r in train
+        }
+    ):
+        m = np.array(
+            [
+                (r.short_source if r.file != f"seed:{HARD_NEGATIVES}" else "seed/hard-negatives")
+                == src
+                for r in train
+            ]
+        )
+        key = "detected" if (y[m] == 1).any() else "false_positive_rate"
+        cv_by_source[src] = {"n": int(m.sum()), key: round(float((combined[m] > offset).mean()), 4)}
     vocab, heads = two_stage(feats, {"injection": (idx, y, w)}, {"injection": c}, TOP_K_INJECTION)
     head = heads["injection"]
+    scale, fixed = fixed_point(head.coef)
+    order = sorted(vocab, key=lambda f: (" " in f, f))  # unigrams and punctuation, then bigrams
+    unigrams = [f for f in order if " " not in f]
+    bigrams = [f for f in order if " " in f]
     cv = {
         "selection": CV_RULE,
         "grid": grid,
@@ -330,11 +366,20 @@ def train_injection(
         },
         "cv_by_source": cv_by_source,
     }
+    seed_info = [
+        {
+            "file": f"hack/data/{name}.jsonl",
+            "sha256": data.file_digest(data.SEED_DIR / f"{name}.jsonl"),
+            "rows_train": sum(1 for r in rows if r.file == f"seed:{name}" and not r.heldout),
+        }
+        for name in ("benign", HARD_NEGATIVES)
+    ]
     model = {
-        "format": linear.FORMAT,
+        "format": linear.COMPACT_FORMAT,
         "name": "injection",
         "heads": ["injection"],
         "bias": [round(head.bias, WEIGHT_DECIMALS)],
+        "scale": scale,
         "extra": {"offset": round(offset, 4), "norm_floor": linear.NORM_FLOOR},
         "provenance": {
             "trained": trained_date(),
@@ -342,22 +387,22 @@ def train_injection(
             "data": sources_info(
                 eval_dir, data.INJECTION_FILES + data.INJECTION_EXTRA_NEGATIVES, rows
             ),
-            "seed_data": {
-                "file": "hack/data/benign.jsonl",
-                "sha256": data.file_digest(data.SEED_DIR / "benign.jsonl"),
-                "rows_train": sum(1 for r in rows if r.file == "seed:benign" and not r.heldout),
-            },
+            "seed_data": seed_info,
             "labels": "positive: every prompt_attacks row; negative: benign_prompts, "
-            "harmful_requests, "
-            "toxicity, and the hand-written ordinary prompts/documents (hack/data/benign.jsonl)",
+            "harmful_requests, toxicity, and the hand-written ordinary prompts/documents "
+            "(hack/data/benign.jsonl) and hard negatives (hack/data/benign_hard.jsonl: developer "
+            "questions, greetings, tool outputs)",
             "split": data.SPLIT_RULE,
             "features": FEATURES,
             "model": "logistic regression (liblinear, L2, class_weight=balanced, "
             f"C={c:g}, ordinary-prompt weight {bw:g}, hand-written ones {bw * SEED_WEIGHT:g}), "
-            f"refit on the top {len(vocab)} n-grams by |weight|",
+            f"refit on the top {len(vocab)} n-grams by |weight|; weights in 16-bit fixed "
+            f"point (scale {scale})",
             "cross_validation": cv,
         },
-        "weights": weights_json(vocab, [head]),
+        "unigrams": "\n".join(unigrams),
+        "bigrams": "\n".join(bigrams),
+        "weights_zlib_b64": linear.encode_weights([fixed[vocab[f]] for f in order]),
     }
     return model, cv
 
@@ -505,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(path, model)
         log(
             f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} "
-            f"({path.stat().st_size / 1024:.0f} KiB, {len(model['weights'])} n-grams)"
+            f"({path.stat().st_size / 1024:.0f} KiB)"
         )
         entry: dict[str, Any] = {
             "trained": model["provenance"]["trained"],
@@ -514,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if not args.no_heldout:
             linear.load.cache_clear()
+            linear.load_compact.cache_clear()
             if name == "injection":
                 from benchmarks import guardrails_injection as bench_i
 

@@ -6,7 +6,8 @@ For every scanned segment::
     text ─► textnorm.normalize ─► normalised text, decoded views (base64, hex, rot13 ...),
                                   evasions seen (zero-width, homoglyphs, tag characters ...)
          ─► signatures: one Hyperscan pass over the text, its rot13 reading and each view
-         ─► classifier: linear model ``models/injection.json`` on the text and each view (max)
+         ─► classifier: linear model ``models/injection.json`` (linear.CompactModel) on
+                        the text and each view (max)
          ─► z = classifier logit + signature boosts + evasion boosts + role bias − offset
          ─► score = sigmoid(z); a finding when score ≥ cfg.threshold
 
@@ -16,7 +17,8 @@ previous instructions" or ``<|im_start|>system`` also lifts the logit to at leas
 STRONG_FLOOR, so it is enough on its own; weak ones ("you are now") only tip a borderline
 classifier score. ``offset`` is stored with the model: the training
 script sets it so that the default threshold 0.5 sits at the operating point chosen by
-cross-validation on the training split (≈1 % false positives on ordinary prompts).
+cross-validation on the training split (1.25 % false positives on ordinary prompts, the
+hand-written ones in hack/data included).
 
 Which segments are scanned, and why:
 
@@ -210,7 +212,7 @@ SIGNATURES: Final[tuple[Signature, ...]] = (
       r"|\bdan~(?:mode|prompt|jailbreak)\b|\bas~dan\b|^\s*dan\s*:|\b(?:stay|remain)~(?:as|in)~dan\b"
       r"|🔓|\bjailbr(?:oken|eak)~(?:mode|version|response|ai|model|chatbot)\b"),
     S("developer_mode", "persona",
-      r"\b(?:developer|dev)~mode~(?:enabled|on|activated|output|response)\b"
+      r"\b(?:developer|dev)~mode~(?:enabled|activated|output|response)\b"
       r"|\bchatgpt~with~(?:developer|dev)~mode"),
     S("no_ethics", "persona",
       r"\b(?:no|without|free~(?:of|from)|not~bound~by|doesn'?t~(?:have|follow|care~about)"
@@ -265,6 +267,9 @@ SIGNATURES: Final[tuple[Signature, ...]] = (
     S("enter_mode", "mode_switch",
       r"\b(?:enter|enable|activate|switch~(?:to|into)|now~in|entering|initiate|engage|unlock"
       r"|turn~on|you~are~in|go~into)~(?:\w+~){0,2}%MODES%~mode\b"),
+    S("mode_tag", "mode_switch",
+      r"[<\[(]\s*%MODES%~mode(?:~(?:on|enabled|activated))?\s*[>\])]"
+      r"|\b%MODES%~mode~(?:enabled|activated|engaged|unlocked)\b"),
     S("override_mode", "mode_switch",
       r"\b(?:security|system|administrator|admin|emergency|safety|developer|root|maintenance)~"
       r"(?:override|bypass|access~granted)\b|\boverride~(?:mode|code|protocol|enabled|activated)\b"),
@@ -304,8 +309,13 @@ SIGNATURES: Final[tuple[Signature, ...]] = (
       r"you~(?:are|will|must|shall|should|can|have)\b"),
     S("secret_request", "secret_request",
       r"\b(?:what(?:'s|~is|~was)|tell~me|give~me|reveal|share|say|spell|print|show|confirm"
-      r"|provide|disclose|leak)~(?:me~)?(?:the~|your~|ours~|our~|its~)?(?:secret~)?"
-      r"(?:password|passphrase|passcode|secret~key|secret~code|secret|pin~code|api~key)\b"),
+      r"|provide|disclose|leak)~(?:me~)?(?:with~me~)?(?:the~|your~|ours~|our~|its~)?(?:secret~)?"
+      r"(?:password|passphrase|passcode(?:~phrase)?|secret~key|secret~code|secret|pin~code"
+      r"|api~key)(?:\s*[?.!\"']|\s*$|~(?:to|for|of|you|that|again|now|please)\b)"
+      # the same question in other languages
+      r"|\bquel~est~(?:le|ton|votre)~mot~de~passe|\b(?:was|wie)~(?:ist|lautet)~(?:das|dein|ihr)~"
+      r"(?:passwort|kennwort)|\bcu[aá]l~es~(?:la|tu|su)~contrase[ñn]a|\bqual~(?:é|e)~a~senha"
+      r"|\bqual~(?:è|e)~la~password|パスワードは(?:何|なん)|密码是什么|\bкакой~(?:у~тебя~)?пароль"),
 )  # fmt: skip
 del S
 
@@ -356,13 +366,13 @@ def signature_families(norm: textnorm.Normalized) -> set[str]:
 def score_text(
     text: str,
     *,
-    model: linear.LinearModel | None = None,
+    model: linear.CompactModel | None = None,
     role: Role = Role.USER,
     use_classifier: bool = True,
     use_signatures: bool = True,
 ) -> Score:
     """Score one text. The switches exist for the benchmark's ablations."""
-    m = model if model is not None else linear.load(MODEL_NAME)
+    m = model if model is not None else linear.load_compact(MODEL_NAME)
     norm = textnorm.normalize(text)
     offset = float(m.extra.get("offset", 0.0))
     z_clf = 0.0
@@ -407,7 +417,7 @@ class PromptInjectionGuardrail:
 
     def __init__(self, cfg: policy.PromptInjectionGuardrail) -> None:
         self.cfg = cfg
-        self.model = linear.load(MODEL_NAME)
+        self.model = linear.load_compact(MODEL_NAME)
         _signature_set()  # compile now, not on the first request
         self._roles = SCANNED_ROLES | (INDIRECT_ROLES if cfg.scan_tool_results else frozenset())
 

@@ -32,28 +32,39 @@ Model files are JSON (``guardrails/models/*.json``)::
 
 A key with a space is a word bigram, any other key a word or a punctuation run; its value
 holds one weight per head (a weight may be 0: the n-gram still counts in the normalisation).
+
+Single-head models (the injection classifier) use the compact form :class:`CompactModel`
+(``aiguard-compact/1``, described below): the same classifier, a fraction of the memory.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import sys
+import zlib
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiguard_sidecar.guardrails import textnorm
 
 __all__ = [
+    "COMPACT_FORMAT",
     "FORMAT",
     "MODELS_DIR",
+    "CompactModel",
     "LinearModel",
     "ModelError",
+    "encode_weights",
     "feature_set",
     "load",
+    "load_compact",
     "sigmoid",
 ]
 
@@ -201,3 +212,149 @@ def load(name: str, directory: Path = MODELS_DIR) -> LinearModel:
     except (OSError, json.JSONDecodeError) as e:
         raise ModelError(f"cannot read model {path}: {e}") from e
     return LinearModel.from_dict(doc)
+
+
+# --------------------------------------------------------------------------------------------
+# Compact single-head models
+#
+# The same classifier (binary bag of the vocabulary's unigrams, bigrams and punctuation runs,
+# normalised with the floor), one head, stored compactly: the vocabulary as two newline-joined
+# strings and the weights as one zlib-compressed array of 16-bit fixed-point integers (base64
+# in the JSON), in vocabulary order. Loading splits the strings and zips them with the weights
+# into two dicts (words and punctuation runs → weight, bigram tuples → weight, the bigrams'
+# words interned so they share the unigrams' strings): no JSON object per n-gram is ever
+# built, and a weight is a plain small int. Inference is LinearModel's (set intersections,
+# one ``sum(map(...))`` per dict), without the per-head unpacking.
+
+COMPACT_FORMAT: Final = "aiguard-compact/1"
+_BIG_ENDIAN: Final = sys.byteorder == "big"
+
+
+def encode_weights(weights: Sequence[int]) -> str:
+    """The ``weights_zlib_b64`` field for 16-bit fixed-point weights."""
+    a = array("h", weights)
+    if _BIG_ENDIAN:  # pragma: no cover - the file is little-endian
+        a.byteswap()
+    return base64.b64encode(zlib.compress(a.tobytes(), 9)).decode("ascii")
+
+
+def _decode_weights(field_: str, n: int) -> list[int]:
+    raw = zlib.decompress(base64.b64decode(field_, validate=True))
+    if len(raw) != 2 * n:
+        raise ModelError(f"weights hold {len(raw)} bytes, want {2 * n}")
+    a = array("h")
+    a.frombytes(raw)
+    if _BIG_ENDIAN:  # pragma: no cover
+        a.byteswap()
+    return a.tolist()
+
+
+@dataclass(frozen=True, slots=True)
+class CompactModel:
+    """A loaded single-head compact model. Immutable, shareable between threads."""
+
+    name: str
+    heads: tuple[str, ...]
+    bias: tuple[float, ...]
+    scale: int  # fixed point: stored weight = round(weight * scale)
+    unigrams: Mapping[str, int]  # words and punctuation runs -> fixed-point weight
+    bigrams: Mapping[tuple[str, str], int]
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    norm_floor: int = NORM_FLOOR
+
+    def logits(self, words: Sequence[str], punct: Iterable[str] = ()) -> list[float]:
+        """z (one head) for a tokenised text (see the module docstring)."""
+        uni = self.unigrams
+        present = uni.keys() & set(words)
+        present.update(uni.keys() & set(punct))
+        pairs = self.bigrams.keys() & set(pairwise(words))
+        n = len(present) + len(pairs)
+        if n == 0:
+            return [self.bias[0]]
+        total = sum(map(uni.__getitem__, present)) + sum(map(self.bigrams.__getitem__, pairs))
+        return [self.bias[0] + total / (self.scale * math.sqrt(max(n, self.norm_floor)))]
+
+    def logits_of(self, norm: textnorm.Normalized) -> list[float]:
+        """z, the maximum over a normalised text and its decoded views."""
+        z = self.logits(norm.words, norm.punct)[0]
+        for view in norm.views:
+            z = max(z, self.logits(*textnorm.tokenize(view))[0])
+        return [z]
+
+    def scores(self, words: Sequence[str], punct: Iterable[str] = ()) -> list[float]:
+        return [sigmoid(v) for v in self.logits(words, punct)]
+
+    def weights(self, feature: str) -> tuple[float, ...] | None:
+        """The weight of one vocabulary entry ("word", "two words", "<|"), for inspection."""
+        first, sep, second = feature.partition(" ")
+        w = self.bigrams.get((first, second)) if sep else self.unigrams.get(feature)
+        return None if w is None else (w / self.scale,)
+
+    def n_features(self) -> int:
+        return len(self.unigrams) + len(self.bigrams)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> CompactModel:
+        if doc.get("format") != COMPACT_FORMAT:
+            raise ModelError(f"unknown model format {doc.get('format')!r}, want {COMPACT_FORMAT!r}")
+        try:
+            heads = tuple(str(h) for h in doc["heads"])
+            bias = tuple(float(b) for b in doc["bias"])
+            if len(heads) != 1 or len(bias) != 1:
+                raise ModelError("a compact model has exactly one head and one bias")
+            scale = int(doc["scale"])
+            if scale < 1:
+                raise ModelError(f"scale {scale} out of range")
+            uni_keys = str(doc["unigrams"]).split("\n") if doc["unigrams"] else []
+            bi_lines = str(doc["bigrams"]).split("\n") if doc["bigrams"] else []
+            ws = _decode_weights(str(doc["weights_zlib_b64"]), len(uni_keys) + len(bi_lines))
+            pool: dict[int, int] = {}
+            ws = list(map(pool.setdefault, ws, ws))  # one int object per distinct weight
+            uni_keys = list(map(sys.intern, uni_keys))
+            pairs = [tuple(map(sys.intern, line.split(" "))) for line in bi_lines]
+            del bi_lines
+            if any(len(p) != 2 or not all(p) for p in pairs):
+                raise ModelError("malformed bigram")
+            unigrams = _sized_dict(uni_keys, ws[: len(uni_keys)])
+            bigrams = cast("dict[tuple[str, str], int]", _sized_dict(pairs, ws[len(uni_keys) :]))
+            if len(unigrams) != len(uni_keys) or len(bigrams) != len(pairs):
+                raise ModelError("duplicate vocabulary entries")
+            extra = dict(doc.get("extra", {}))
+        except (KeyError, TypeError, ValueError, zlib.error) as e:
+            if isinstance(e, ModelError):
+                raise
+            raise ModelError(f"malformed model: {e}") from e
+        return cls(
+            name=str(doc.get("name", "")),
+            heads=heads,
+            bias=bias,
+            scale=scale,
+            unigrams=unigrams,
+            bigrams=bigrams,
+            provenance=dict(doc.get("provenance", {})),
+            extra=extra,
+            norm_floor=max(1, int(extra.get("norm_floor", NORM_FLOOR))),
+        )
+
+
+def _sized_dict(keys: Sequence[Any], values: Sequence[int]) -> dict[Any, int]:
+    """dict(zip(keys, values)) with a table sized for its keys once (``dict.fromkeys`` of a set
+    allocates it at the final size), not grown by doubling."""
+    d: dict[Any, int] = dict.fromkeys(set(keys), 0)
+    d.update(zip(keys, values, strict=True))
+    return d
+
+
+@lru_cache(maxsize=8)
+def load_compact(name: str, directory: Path = MODELS_DIR) -> CompactModel:
+    """Load ``<directory>/<name>.json``, a compact model, once per process."""
+    path = directory / f"{name}.json"
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read model {path}: {e}") from e
+    model = CompactModel.from_dict(doc)
+    del doc
+    textnorm.release_freed_memory()  # the parse's transient heap, not kept as idle RSS
+    return model
