@@ -300,3 +300,18 @@ def test_anthropic_dialect_and_unsupported_apis() -> None:
         d.build(embeddings, "e")
     assert info.value.status == 502
     assert info.value.code == "unsupported_operation"
+
+
+@pytest.mark.parametrize("kind", [[], ["text"], {"text": 1}, 1, None], ids=repr)
+def test_a_content_part_whose_type_is_not_a_string_is_counted_not_a_crash(kind: Any) -> None:
+    """Found by fuzzing: ``"type": []`` crashed the parser (an unhashable set lookup) and the
+    client got a 500; such a part is unknown content, counted like any other."""
+    part = {"type": kind, "text": "hello"}
+    chat = parse(OPENAI, Api.CHAT_COMPLETIONS, {"model": "m", "messages": [
+        {"role": "user", "content": [part, {"type": "text", "text": "ok"}]}]})  # fmt: skip
+    assert texts(chat) == [("ok", Role.USER)]
+    assert chat.unscanned == {Unscanned.UNKNOWN: 1}
+    messages = parse(ANTHROPIC, Api.MESSAGES, {"model": "m", "max_tokens": 1, "messages": [
+        {"role": "user", "content": [part, {"type": "text", "text": "ok"}]}]})  # fmt: skip
+    assert texts(messages) == [("ok", Role.USER)]
+    assert messages.unscanned == {Unscanned.UNKNOWN: 1}

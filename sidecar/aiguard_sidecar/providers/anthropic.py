@@ -75,6 +75,8 @@ def _blocks(ex: Exchange, content: Any, role: Role, path: JSONPath) -> None:
             ex.count_unscanned(Unscanned.UNKNOWN)
             continue
         kind = block.get("type")
+        if not isinstance(kind, str):  # a list or an object: an unknown block, never a crash
+            kind = None
         here = (*path, j)
         if kind == "text" and isinstance(block.get("text"), str):
             ex.segments.append(Segment(block["text"], role, (*here, "text")))

@@ -84,7 +84,7 @@ def _content(ex: Exchange, content: Any, role: Role, path: tuple[str | int, ...]
         if not isinstance(part, dict):
             ex.count_unscanned(Unscanned.UNKNOWN)
             continue
-        kind = part.get("type")
+        kind = _str(part.get("type"))  # not a string (a list, an object): an unknown part
         if kind in _TEXT_PARTS and isinstance(part.get("text"), str):
             ex.segments.append(Segment(part["text"], role, (*path, j, "text")))
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
