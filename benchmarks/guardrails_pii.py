@@ -64,7 +64,8 @@ from aiguard_sidecar.guardrails.pii import PIIGuard
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-EVAL = HERE.parent.parent / "shared" / "eval"
+# AIGUARD_EVAL_DIR overrides (a git worktree elsewhere than next to ../shared)
+EVAL = Path(os.environ.get("AIGUARD_EVAL_DIR") or HERE.parent.parent / "shared" / "eval")
 
 STRUCTURED = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
 EXTRA = ("URL",)

@@ -35,7 +35,8 @@ from aiguard_sidecar.guardrails.secrets import SecretsGuard
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-EVAL = HERE.parent.parent / "shared" / "eval"
+# AIGUARD_EVAL_DIR overrides (a git worktree elsewhere than next to ../shared)
+EVAL = Path(os.environ.get("AIGUARD_EVAL_DIR") or HERE.parent.parent / "shared" / "eval")
 
 OUT_OF_SCOPE = frozenset(
     {
