@@ -238,21 +238,31 @@ def measure(
 
 
 def short_text_us(impls: Sequence[Impl], rounds: int) -> dict[str, dict[str, float]]:
-    """µs per call on a 25-character text (fixed costs), per guardrail."""
+    """µs per call on 25-character texts (fixed costs), per guardrail: distinct texts, and
+    one text repeated."""
     out: dict[str, dict[str, float]] = {}
-    n = 2000
+    texts = [f"Hello, how are you {w}?"[:25] for w in _words(2000)]
     for impl in impls:
-        segs = impl.segments([("user", "Hello, how are you today?")])
+        distinct = [impl.segments([("user", t)]) for t in texts]
+        repeated = [distinct[0]] * len(distinct)
         for what, fn in impl.callables().items():
-            samples = []
-            for _ in range(rounds):
-                impl.clear_caches()
-                t0 = time.thread_time()
-                for _ in range(n):
-                    fn(segs)
-                samples.append((time.thread_time() - t0) * 1e6 / n)
-            out.setdefault(what, {})[impl.label] = round(statistics.median(samples), 2)
+            for kind, inputs in (("distinct", distinct), ("repeated", repeated)):
+                samples = []
+                for _ in range(rounds):
+                    impl.clear_caches()
+                    t0 = time.thread_time()
+                    for segs in inputs:
+                        fn(segs)
+                    samples.append((time.thread_time() - t0) * 1e6 / len(inputs))
+                out.setdefault(f"{what} ({kind})", {})[impl.label] = round(
+                    statistics.median(samples), 2
+                )
     return out
+
+
+def _words(n: int) -> list[str]:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return [letters[i % 26] + letters[(i // 26) % 26] + letters[(i // 676) % 26] for i in range(n)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,9 +347,9 @@ def print_table(doc: dict[str, Any]) -> None:
             if len(labels) == 2:
                 line += f"{doc['ratio_current_to_baseline'][set_name][what]:>8.2f}"
             print(line)
-    print("µs per call, 25-character text:")
+    print("µs per call, 25-character texts:")
     for what, v in doc["short_text_us_per_call"].items():
-        print(f"  {what:<18}" + "".join(f"{v[x]:>20.2f}" for x in labels))
+        print(f"  {what:<30}" + "".join(f"{v[x]:>20.2f}" for x in labels))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from aiguard_api.policy import CustomPattern, DenyList, PIIAction, PIIGuardrail
 from aiguard_sidecar.guardrails import patterns
+from aiguard_sidecar.guardrails.base import Direction, Role, ScanContext, Segment
 from aiguard_sidecar.guardrails.pii import PIIGuard
 from aiguard_sidecar.guardrails.secrets import SECRET_RULES
 
@@ -114,3 +115,50 @@ def test_to_chars_maps_multibyte_offsets() -> None:
     data = text.encode()
     hits = [(0, data.index(b"b"), len(data)), (1, 0, 1), (2, 1, data.index(b"b"))]
     assert patterns._to_chars(data, hits) == [(0, 4, 5), (1, 0, 1), (2, 1, 4)]
+
+
+# ---------------------------------------------------------------------------- result cache
+
+
+def test_text_cache_keeps_recent_texts_and_passes_long_ones_through() -> None:
+    calls: list[str] = []
+
+    def detect(text: str) -> tuple[int, ...]:
+        calls.append(text)
+        return (len(text),)
+
+    cache = patterns.TextCache(detect, size=2, max_chars=10)
+    assert [cache("a"), cache("bb"), cache("a")] == [(1,), (2,), (1,)]
+    assert calls == ["a", "bb"]
+    cache("ccc")  # pushes out the least recently used: "bb"
+    cache("bb")
+    assert calls == ["a", "bb", "ccc", "bb"]
+    cache("x" * 11)
+    cache("x" * 11)
+    assert calls[-2:] == ["x" * 11, "x" * 11]
+    patterns.clear_caches()
+    cache("a")
+    assert calls[-1] == "a"
+
+
+def test_repeated_text_gives_the_same_verdict_and_pseudonyms_stay_per_request() -> None:
+    g = PIIGuard(PIIGuardrail(entities={"EMAIL_ADDRESS": PIIAction.REDACT}, pseudonymize=True))
+    ctx = ScanContext(Direction.INPUT)
+    first = g.check([Segment(0, "mail bob@example.org", Role.USER)], ctx)
+    spans = g.spans("mail bob@example.org")
+    spans.clear()  # callers get their own list
+    second = g.check(
+        [
+            Segment(0, "mail alice@example.org", Role.SYSTEM),
+            Segment(1, "mail bob@example.org", Role.USER),
+        ],
+        ctx,
+    )
+    assert first.edits == {0: "mail <EMAIL_ADDRESS_1>"}
+    assert first.pseudonyms == {"<EMAIL_ADDRESS_1>": "bob@example.org"}
+    assert second.edits == {0: "mail <EMAIL_ADDRESS_1>", 1: "mail <EMAIL_ADDRESS_2>"}
+    assert second.pseudonyms == {
+        "<EMAIL_ADDRESS_1>": "alice@example.org",
+        "<EMAIL_ADDRESS_2>": "bob@example.org",
+    }
+    assert [(f.segment, f.start, f.end) for f in second.findings] == [(0, 5, 22), (1, 5, 20)]

@@ -28,11 +28,13 @@ which is searched in a window around the reported end.
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import hyperscan
 
@@ -400,6 +402,41 @@ def _to_chars(data: bytes, hits: list[tuple[int, int, int]]) -> list[tuple[int, 
         char_at[b] = chars
         prev = b
     return [(r, char_at[s], char_at[e]) for r, s, e in hits]
+
+
+_T = TypeVar("_T")
+_CACHES: Final[weakref.WeakSet[TextCache[Any]]] = weakref.WeakSet()
+
+
+class TextCache(Generic[_T]):
+    """``fn(text)`` for the texts seen most recently (least recently used out), for a ``fn``
+    that depends on nothing but the text (a guardrail's detection, built once per policy).
+
+    Chat clients send the system prompt and the whole conversation so far with every
+    request: most segments a sidecar scans it has scanned before. Texts longer than
+    ``max_chars`` are not kept. Entries hold the text itself, like the normalisation cache
+    (``textnorm``); they live in this process's memory only, until pushed out or the policy
+    is reloaded. Safe across threads (``functools.lru_cache``)."""
+
+    def __init__(self, fn: Callable[[str], _T], *, size: int = 256, max_chars: int = 16384):
+        self._fn = fn
+        self._cached = functools.lru_cache(maxsize=size)(fn)
+        self.max_chars = max_chars
+        _CACHES.add(self)
+
+    def __call__(self, text: str) -> _T:
+        if len(text) <= self.max_chars:
+            return self._cached(text)
+        return self._fn(text)
+
+    def clear(self) -> None:
+        self._cached.cache_clear()
+
+
+def clear_caches() -> None:
+    """Empty every ``TextCache`` (benchmarks measure first sightings with it)."""
+    for cache in list(_CACHES):
+        cache.clear()
 
 
 def resolve_overlaps(cands: Iterable[Candidate]) -> list[Candidate]:

@@ -201,6 +201,9 @@ class PIIGuard:
                 "pii: entities %s need NER (spec.guardrails.*.pii.ner.enabled); not scanned",
                 ", ".join(sorted(self.unsupported)),
             )
+        # detection depends on the text alone: repeated texts (system prompts, the history a
+        # chat client re-sends) are not scanned again
+        self._cached_spans = patterns.TextCache(self._detect)
         self._hash_key = hash_key
         if hash_key is None and PIIAction.HASH in {*cfg.entities.values(), *actions}:
             log.warning("pii: hash action without hashKeySecretRef; using a per-process key")
@@ -210,13 +213,16 @@ class PIIGuard:
 
     def spans(self, text: str) -> list[PIISpan]:
         """Findings in ``text``: thresholded, overlaps resolved, NER merged; sorted by start."""
+        return list(self._cached_spans(text))
+
+    def _detect(self, text: str) -> tuple[PIISpan, ...]:
         found = self._matcher.find(text, self.threshold)
         cands = [c for c in found if c.score >= self.threshold]
         resolved = patterns.resolve_overlaps(cands) if cands else []
         out = [self._span(c) for c in resolved]
         if self._ner is not None and text.strip():
             out = merge_ner(out, self._ner.analyze(text), text, self._ner_action)
-        return out
+        return tuple(out)
 
     def _span(self, c: Candidate) -> PIISpan:
         tag = self._matcher.rules[c.rule].tag
@@ -249,7 +255,7 @@ class PIIGuard:
         verdict = Verdict()
         pseudo = Pseudonymizer() if self.cfg.pseudonymize else None
         for seg in segments:
-            found = self.spans(seg.text)
+            found = self._cached_spans(seg.text)
             if not found:
                 continue
             reps: list[Replacement] = []

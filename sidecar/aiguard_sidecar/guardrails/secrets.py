@@ -769,9 +769,14 @@ class SecretsGuard:
         rules = [r for r in SECRET_RULES if cfg.entropy_detection or r.entity != "GENERIC_SECRET"]
         self.rules = tuple(rules)
         self._matcher = Matcher(self.rules)
+        # detection depends on the text alone: repeated texts are not scanned again
+        self._cached_find = patterns.TextCache(self._detect)
 
     def find(self, text: str) -> list[Candidate]:
         """Secrets in ``text``, non-overlapping, sorted by start."""
+        return list(self._cached_find(text))
+
+    def _detect(self, text: str) -> tuple[Candidate, ...]:
         cands = self._matcher.find(text)
         out: list[Candidate] = []
         for c in cands:
@@ -787,13 +792,13 @@ class SecretsGuard:
                 s, e = m.span("v")
                 if _aws_secret_check(text, s, e) is not None or _named_aws_ok(m.group("v")):
                     out.append(Candidate("AWS_SECRET_ACCESS_KEY", s, e, 0.95, 85, -1))
-        return patterns.resolve_overlaps(out) if out else out
+        return tuple(patterns.resolve_overlaps(out)) if out else ()
 
     def check(self, segments: Sequence[Segment], ctx: ScanContext) -> Verdict:
         verdict = Verdict()
         action = self.cfg.action
         for seg in segments:
-            found = self.find(seg.text)
+            found = self._cached_find(seg.text)
             if not found:
                 continue
             reps: list[Replacement] = []
