@@ -253,6 +253,12 @@ class Matcher:
         Context words are looked for only where they can change the outcome: for candidates
         scoring below ``threshold`` (1.0, the default, looks everywhere: full scores)."""
         hits = self.raw(text)
+        return self.find_hits(text, hits, threshold) if hits else []
+
+    def find_hits(
+        self, text: str, hits: Sequence[tuple[int, int, int]], threshold: float = 1.0
+    ) -> list[Candidate]:
+        """``find`` for hits already scanned (``raw``): the caller may have looked at them."""
         if not hits:
             return []
         ends: dict[tuple[int, int], list[int]] = {}

@@ -750,6 +750,11 @@ SECRET_RULES: Final[tuple[Rule, ...]] = (
     ),
 )
 
+# Every match of _AWS_SECRET_NAMED starts with this: Hyperscan tells whether the regex can
+# match at all, in the pass it makes anyway (a Python search of every text costs more).
+_AWS_NAMED_HINT: Final = Rule(
+    "AWS_SECRET_ACCESS_KEY", r"aws_?(?:secret|sk)", caseless=True, som=False, check=lambda *_: None
+)
 _AWS_SECRET_NEAR: Final = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 _AWS_SECRET_NAMED: Final = re.compile(
     r"(?i)aws_?(?:secret_?(?:access_?)?key|secret|sk)[\"']?\s{0,5}(?:=>|[:=])\s{0,5}[\"']?"
@@ -768,7 +773,9 @@ class SecretsGuard:
         self.cfg = cfg
         rules = [r for r in SECRET_RULES if cfg.entropy_detection or r.entity != "GENERIC_SECRET"]
         self.rules = tuple(rules)
-        self._matcher = Matcher(self.rules)
+        # the last rule only says whether a named AWS secret can be there (see _detect)
+        self._matcher = Matcher((*self.rules, _AWS_NAMED_HINT))
+        self._hint = len(self.rules)
         # detection depends on the text alone: repeated texts are not scanned again
         self._cached_find = patterns.TextCache(self._detect)
 
@@ -777,7 +784,12 @@ class SecretsGuard:
         return list(self._cached_find(text))
 
     def _detect(self, text: str) -> tuple[Candidate, ...]:
-        cands = self._matcher.find(text)
+        hits = self._matcher.raw(text)
+        if not hits:
+            return ()
+        hint = self._hint
+        named_aws = any(h[0] == hint for h in hits)
+        cands = self._matcher.find_hits(text, [h for h in hits if h[0] != hint])
         out: list[Candidate] = []
         for c in cands:
             if c.entity == "GENERIC_SECRET":
@@ -787,7 +799,7 @@ class SecretsGuard:
             out.append(c)
             if c.entity == "AWS_ACCESS_KEY_ID":
                 out.extend(_aws_secret_near(text, c))
-        if "aws" in text or "AWS" in text:
+        if named_aws and ("aws" in text or "AWS" in text):
             for m in _AWS_SECRET_NAMED.finditer(text):
                 s, e = m.span("v")
                 if _aws_secret_check(text, s, e) is not None or _named_aws_ok(m.group("v")):
