@@ -420,11 +420,13 @@ class TextCache(Generic[_T]):
 
     Chat clients send the system prompt and the whole conversation so far with every
     request: most segments a sidecar scans it has scanned before. Texts longer than
-    ``max_chars`` are not kept. Entries hold the text itself, like the normalisation cache
-    (``textnorm``); they live in this process's memory only, until pushed out or the policy
-    is reloaded. Safe across threads (``functools.lru_cache``)."""
+    ``max_chars`` are not kept, so a cache holds at most ``size * max_chars`` characters
+    (1 MB of ASCII by default; the guardrails of one engine mostly hold the same text
+    objects). Entries hold the text itself, like the normalisation cache (``textnorm``);
+    they live in this process's memory only, until pushed out or the policy is reloaded.
+    Safe across threads (``functools.lru_cache``)."""
 
-    def __init__(self, fn: Callable[[str], _T], *, size: int = 256, max_chars: int = 16384):
+    def __init__(self, fn: Callable[[str], _T], *, size: int = 128, max_chars: int = 8192):
         self._fn = fn
         self._cached = functools.lru_cache(maxsize=size)(fn)
         self.max_chars = max_chars
