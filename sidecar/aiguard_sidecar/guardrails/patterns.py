@@ -2,18 +2,25 @@
 
 How a text is scanned (``Matcher.find``)::
 
-    text ──isascii?──► UTF-8 bytes ──Hyperscan, every rule in one database──► (rule, start, end)
-         (bytes == chars                               byte offsets; all ends of every match
-          when ASCII)                                  are reported, leftmost start (SOM)
-      ► byte → character offsets (only for non-ASCII text)
+    text ──► ASCII view ──Hyperscan, every rule in one database──► (rule, start, end)
+             (each non-ASCII character               one byte per character: character
+              one "?")                               offsets; all ends of every match are
+                                                     reported, leftmost start (SOM)
+         ──► UTF-8 ──Hyperscan, the rules that need Unicode (non-ASCII literals, \\w in
+             Unicode mode) or name "?" themselves──► byte offsets → character offsets
       ► per (rule, start): try the ends longest first; ``adjust`` may move the span (e-mail
         local part, URL tail), ``extract`` narrows it to a value (``key = "VALUE"``),
         ``check`` validates and scores it (Luhn, mod-97, SSN rules ...)
       ► context words near the span raise the score
     ► Candidates: entity, span, score, priority. ``resolve_overlaps`` keeps the best.
 
+A rule without Unicode semantics cannot tell a non-ASCII character from ``?`` (``\\w``, ``\\d``,
+``\\s`` and ``\\b`` are ASCII there, a negated class or ``.`` takes either), so the ASCII view
+gives it the same matches at the same character offsets, without a byte → character mapping.
+
 Nothing found costs one Hyperscan call (a few microseconds per KB). Databases are compiled once
 per policy load; scratch space is per thread, so one ``Matcher`` serves every thread.
+:class:`TextCache` keeps a guardrail's detection results for recently seen texts.
 
 Overlaps (``resolve_overlaps``): the longest candidate wins, then the higher priority, then the
 higher score; a candidate overlapping an accepted one is dropped. So a Luhn-valid digit run
