@@ -11,9 +11,17 @@ import hyperscan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aiguard_api.policy import CustomPattern, DenyList, PIIAction, PIIGuardrail
+from aiguard_api.policy import (
+    CustomPattern,
+    DenyList,
+    InputGuardrails,
+    OutputGuardrails,
+    PIIAction,
+    PIIGuardrail,
+)
 from aiguard_sidecar.guardrails import patterns
 from aiguard_sidecar.guardrails.base import Direction, Role, ScanContext, Segment
+from aiguard_sidecar.guardrails.engine import build_engine
 from aiguard_sidecar.guardrails.pii import PIIGuard
 from aiguard_sidecar.guardrails.secrets import SECRET_RULES
 
@@ -162,3 +170,12 @@ def test_repeated_text_gives_the_same_verdict_and_pseudonyms_stay_per_request() 
         "<EMAIL_ADDRESS_2>": "bob@example.org",
     }
     assert [(f.segment, f.start, f.end) for f in second.findings] == [(0, 5, 22), (1, 5, 20)]
+
+
+def test_only_the_input_engine_keeps_detection_results() -> None:
+    """Requests repeat (system prompt, history); responses and stream windows do not, so the
+    output guardrails keep no texts in memory."""
+    for cfg, kept in ((InputGuardrails(), True), (OutputGuardrails(), False)):
+        chain = {g.name: g for g in build_engine(cfg).guardrails}
+        assert isinstance(chain["pii"]._cached_spans, patterns.TextCache) is kept  # type: ignore[attr-defined]
+        assert isinstance(chain["secrets"]._cached_find, patterns.TextCache) is kept  # type: ignore[attr-defined]

@@ -163,6 +163,7 @@ class PIIGuard:
         *,
         hash_key: bytes | None = None,
         ner: NerAnalyzer | None = None,
+        cache: bool = True,
     ) -> None:
         self.cfg = cfg
         self.threshold = cfg.score_threshold
@@ -202,8 +203,11 @@ class PIIGuard:
                 ", ".join(sorted(self.unsupported)),
             )
         # detection depends on the text alone: repeated texts (system prompts, the history a
-        # chat client re-sends) are not scanned again
-        self._cached_spans = patterns.TextCache(self._detect)
+        # chat client re-sends) are not scanned again. ``cache=False`` where texts do not
+        # repeat (responses, stream windows).
+        self._cached_spans: Callable[[str], tuple[PIISpan, ...]] = (
+            patterns.TextCache(self._detect) if cache else self._detect
+        )
         self._hash_key = hash_key
         if hash_key is None and PIIAction.HASH in {*cfg.entities.values(), *actions}:
             log.warning("pii: hash action without hashKeySecretRef; using a per-process key")

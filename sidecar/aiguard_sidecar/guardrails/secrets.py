@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from aiguard_api.policy import SecretsAction, SecretsGuardrail
@@ -769,7 +769,7 @@ class SecretsGuard:
     name = NAME
     cpu_heavy = False
 
-    def __init__(self, cfg: SecretsGuardrail) -> None:
+    def __init__(self, cfg: SecretsGuardrail, *, cache: bool = True) -> None:
         self.cfg = cfg
         rules = [r for r in SECRET_RULES if cfg.entropy_detection or r.entity != "GENERIC_SECRET"]
         self.rules = tuple(rules)
@@ -777,7 +777,10 @@ class SecretsGuard:
         self._matcher = Matcher((*self.rules, _AWS_NAMED_HINT))
         self._hint = len(self.rules)
         # detection depends on the text alone: repeated texts are not scanned again
-        self._cached_find = patterns.TextCache(self._detect)
+        # (``cache=False`` where texts do not repeat: responses, stream windows)
+        self._cached_find: Callable[[str], tuple[Candidate, ...]] = (
+            patterns.TextCache(self._detect) if cache else self._detect
+        )
 
     def find(self, text: str) -> list[Candidate]:
         """Secrets in ``text``, non-overlapping, sorted by start."""
