@@ -7,6 +7,9 @@ every rule compiled alone, scanned over UTF-8, byte offsets decoded back to char
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import hyperscan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -179,3 +182,17 @@ def test_only_the_input_engine_keeps_detection_results() -> None:
         chain = {g.name: g for g in build_engine(cfg).guardrails}
         assert isinstance(chain["pii"]._cached_spans, patterns.TextCache) is kept  # type: ignore[attr-defined]
         assert isinstance(chain["secrets"]._cached_find, patterns.TextCache) is kept  # type: ignore[attr-defined]
+
+
+def test_a_dropped_guardrail_is_freed_with_its_cache() -> None:
+    """A policy reload drops the old guardrails: their databases and cached texts go at once,
+    not whenever the cycle collector runs."""
+    gc.disable()
+    try:
+        g = PIIGuard(PIIGuardrail())
+        g.spans("mail bob@example.org")
+        ref = weakref.ref(g)
+        del g
+        assert ref() is None
+    finally:
+        gc.enable()

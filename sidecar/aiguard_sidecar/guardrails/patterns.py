@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import inspect
 import re
 import threading
 import weakref
@@ -434,6 +435,8 @@ class TextCache(Generic[_T]):
     Safe across threads (``functools.lru_cache``)."""
 
     def __init__(self, fn: Callable[[str], _T], *, size: int = 128, max_chars: int = 8192):
+        if inspect.ismethod(fn):  # the owner's method: no reference cycle through its cache
+            fn = _weak_method(fn)
         self._fn = fn
         self._cached = functools.lru_cache(maxsize=size)(fn)
         self.max_chars = max_chars
@@ -446,6 +449,18 @@ class TextCache(Generic[_T]):
 
     def clear(self) -> None:
         self._cached.cache_clear()
+
+
+def _weak_method(method: Callable[[str], _T]) -> Callable[[str], _T]:
+    ref = weakref.WeakMethod(method)
+
+    def call(text: str) -> _T:
+        fn = ref()
+        if fn is None:  # only reachable through a cache its owner no longer has
+            raise ReferenceError("the cache's owner is gone")
+        return fn(text)
+
+    return call
 
 
 def clear_caches() -> None:
