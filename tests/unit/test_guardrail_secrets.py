@@ -218,3 +218,17 @@ def test_redacted_secret_never_survives(before: str, after: str) -> None:
 
 
 REDACTOR = SecretsGuard(SecretsGuardrail(action=SecretsAction.REDACT))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"aws_secret_access_key = {AWS_SECRET}",
+        f'AWS_SECRET_KEY: "{AWS_SECRET}"',
+        f"export AWS_SK={AWS_SECRET}\n",
+        f"laws of physics; aws_secret => '{AWS_SECRET}'",
+    ],
+)
+def test_a_named_aws_secret_is_found_without_its_key_id(text: str) -> None:
+    found = [(c.entity, text[c.start : c.end]) for c in GUARD.find(text)]
+    assert ("AWS_SECRET_ACCESS_KEY", AWS_SECRET) in found

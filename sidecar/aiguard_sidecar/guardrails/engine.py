@@ -188,15 +188,18 @@ class Engine:
         current: dict[int, Segment] = {s.index: s for s in segments}
         originals = {s.index: s.text for s in segments}
         offsets: dict[int, _Offsets] = {}
+        view = list(current.values())
         for g in self.guardrails:
-            view = list(current.values())
             try:
                 got = g.check(view, ctx)
             except Exception as e:
                 log.warning("guardrail %s failed: %s", g.name, type(e).__name__)
                 log.debug("guardrail %s failure", g.name, exc_info=True)
                 got = self._failure(g.name, f"error ({type(e).__name__})")
-            self._merge(verdict, got, current, offsets)
+            if got.findings or got.edits or got.pseudonyms or got.decision:
+                self._merge(verdict, got, current, offsets)
+                if got.edits:
+                    view = list(current.values())
         for index, off in offsets.items():
             text = current[index].text
             if text != originals[index]:
@@ -271,6 +274,8 @@ class Engine:
 
     def _unscannable(self, counts: int | Mapping[str, int]) -> Verdict:
         verdict = Verdict()
+        if not counts:
+            return verdict
         kinds = {UNSCANNABLE: counts} if isinstance(counts, int) else dict(counts)
         kinds = {k: n for k, n in kinds.items() if n > 0}
         if not kinds:

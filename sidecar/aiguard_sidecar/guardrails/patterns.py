@@ -2,18 +2,25 @@
 
 How a text is scanned (``Matcher.find``)::
 
-    text ──isascii?──► UTF-8 bytes ──Hyperscan, every rule in one database──► (rule, start, end)
-         (bytes == chars                               byte offsets; all ends of every match
-          when ASCII)                                  are reported, leftmost start (SOM)
-      ► byte → character offsets (only for non-ASCII text)
+    text ──► ASCII view ──Hyperscan, every rule in one database──► (rule, start, end)
+             (each non-ASCII character               one byte per character: character
+              one "?")                               offsets; all ends of every match are
+                                                     reported, leftmost start (SOM)
+         ──► UTF-8 ──Hyperscan, the rules that need Unicode (non-ASCII literals, \\w in
+             Unicode mode) or name "?" themselves──► byte offsets → character offsets
       ► per (rule, start): try the ends longest first; ``adjust`` may move the span (e-mail
         local part, URL tail), ``extract`` narrows it to a value (``key = "VALUE"``),
         ``check`` validates and scores it (Luhn, mod-97, SSN rules ...)
       ► context words near the span raise the score
     ► Candidates: entity, span, score, priority. ``resolve_overlaps`` keeps the best.
 
+A rule without Unicode semantics cannot tell a non-ASCII character from ``?`` (``\\w``, ``\\d``,
+``\\s`` and ``\\b`` are ASCII there, a negated class or ``.`` takes either), so the ASCII view
+gives it the same matches at the same character offsets, without a byte → character mapping.
+
 Nothing found costs one Hyperscan call (a few microseconds per KB). Databases are compiled once
 per policy load; scratch space is per thread, so one ``Matcher`` serves every thread.
+:class:`TextCache` keeps a guardrail's detection results for recently seen texts.
 
 Overlaps (``resolve_overlaps``): the longest candidate wins, then the higher priority, then the
 higher score; a candidate overlapping an accepted one is dropped. So a Luhn-valid digit run
@@ -28,11 +35,14 @@ which is searched in a window around the reported end.
 from __future__ import annotations
 
 import bisect
+import functools
+import inspect
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import hyperscan
 
@@ -142,6 +152,37 @@ def compiles(
     return None
 
 
+# A regex that may treat "?" differently from a non-ASCII character (an escaped or bracketed
+# "?", escapes that can spell it): such a rule without an ``extract`` (which re-checks each match
+# on the real text) is not scanned over the ASCII view.
+_QUESTION: Final = re.compile(r"\\[?xQ0-7]|\[[^\]]*\?")
+
+
+def _ascii_safe(rule: Rule) -> bool:
+    """Whether the rule finds the same matches in the text's ASCII view (every non-ASCII
+    character replaced by one ``?``; see ``Matcher.raw``). Without Unicode semantics a pattern
+    cannot tell a non-ASCII character from ``?`` unless it names ``?`` or a non-ASCII
+    character itself."""
+    if rule.ucp or not rule.regex.isascii():
+        return False
+    if rule.literal:
+        return "?" not in rule.regex
+    return rule.extract is not None or _QUESTION.search(rule.regex) is None
+
+
+def _database(rules: Sequence[Rule], ids: Sequence[int]) -> Any:
+    if not ids:
+        return None
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(
+        expressions=[_expression(rules[i]) for i in ids],
+        ids=list(ids),
+        elements=len(ids),
+        flags=[_flags(rules[i]) for i in ids],
+    )
+    return db
+
+
 class Matcher:
     """All rules in one Hyperscan database, plus Python ``re`` fallbacks for the (policy)
     patterns Hyperscan rejects. Immutable after construction; safe to share across threads."""
@@ -155,17 +196,11 @@ class Matcher:
             flags = re.IGNORECASE if rule.caseless else 0
             pattern = re.escape(rule.regex) if rule.literal else rule.regex
             self._fallback.append((i, re.compile(pattern, flags)))
-        ids = [i for i in range(len(self.rules)) if i not in fallback_ids]
-        self._db: Any = None
-        if ids:
-            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-            db.compile(
-                expressions=[_expression(self.rules[i]) for i in ids],
-                ids=ids,
-                elements=len(ids),
-                flags=[_flags(self.rules[i]) for i in ids],
-            )
-            self._db = db
+        scanned = [i for i in range(len(self.rules)) if i not in fallback_ids]
+        ascii_ids = [i for i in scanned if _ascii_safe(self.rules[i])]
+        utf8_ids = [i for i in scanned if not _ascii_safe(self.rules[i])]
+        self._db: Any = _database(self.rules, ascii_ids)  # scanned over the ASCII view
+        self._udb: Any = _database(self.rules, utf8_ids)  # scanned over UTF-8
         self._local = threading.local()
         self._py: dict[int, re.Pattern[str] | None] = {}
 
@@ -173,10 +208,13 @@ class Matcher:
     def empty(self) -> bool:
         return not self.rules
 
-    def _scratch(self) -> Any:
-        scratch = getattr(self._local, "scratch", None)
+    def _scratch(self) -> tuple[Any, Any]:
+        scratch: tuple[Any, Any] | None = getattr(self._local, "scratch", None)
         if scratch is None:
-            scratch = hyperscan.Scratch(self._db)
+            scratch = (
+                hyperscan.Scratch(self._db) if self._db is not None else None,
+                hyperscan.Scratch(self._udb) if self._udb is not None else None,
+            )
             self._local.scratch = scratch
         return scratch
 
@@ -185,17 +223,30 @@ class Matcher:
         hits: list[tuple[int, int, int]] = []
         if not text:
             return hits
-        ascii_text = text.isascii()
-        if self._db is not None:
-            data = text.encode("ascii") if ascii_text else text.encode("utf-8", "replace")
+        if self._db is not None or self._udb is not None:
+            scratch, uscratch = self._scratch()
             try:
-                self._db.scan(
-                    data, match_event_handler=_on_match, context=hits, scratch=self._scratch()
-                )
+                if self._db is not None:
+                    # one byte per character: offsets are character offsets
+                    self._db.scan(
+                        text.encode("ascii", "replace"),
+                        match_event_handler=_on_match,
+                        context=hits,
+                        scratch=scratch,
+                    )
+                if self._udb is not None:
+                    data = text.encode("utf-8", "replace")
+                    uhits: list[tuple[int, int, int]] = []
+                    self._udb.scan(
+                        data, match_event_handler=_on_match, context=uhits, scratch=uscratch
+                    )
+                    if uhits and len(data) != len(text):
+                        uhits = _to_chars(data, uhits)
+                    hits.extend(uhits)
+                    if len(hits) >= MAX_MATCHES:
+                        raise hyperscan.ScanTerminated
             except hyperscan.ScanTerminated:
                 raise ScanLimitError(f"more than {MAX_MATCHES} raw matches") from None
-            if hits and not ascii_text:
-                hits = _to_chars(text, hits)
         for i, pattern in self._fallback:
             for m in pattern.finditer(text):
                 if m.end() > m.start():
@@ -210,6 +261,12 @@ class Matcher:
         Context words are looked for only where they can change the outcome: for candidates
         scoring below ``threshold`` (1.0, the default, looks everywhere: full scores)."""
         hits = self.raw(text)
+        return self.find_hits(text, hits, threshold) if hits else []
+
+    def find_hits(
+        self, text: str, hits: Sequence[tuple[int, int, int]], threshold: float = 1.0
+    ) -> list[Candidate]:
+        """``find`` for hits already scanned (``raw``): the caller may have looked at them."""
         if not hits:
             return []
         ends: dict[tuple[int, int], list[int]] = {}
@@ -348,29 +405,68 @@ def _has_context(context: Context, text: str, start: int, end: int) -> bool:
     return context.found(before + " \x00 " + after)
 
 
-_NON_ASCII: Final = re.compile(r"[^\x00-\x7f]")
+def _to_chars(data: bytes, hits: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """UTF-8 byte offsets (at character boundaries) → character offsets: the bytes between
+    consecutive offsets are decoded once, so the cost is one decode of the text at most."""
+    char_at: dict[int, int] = {}
+    chars = 0
+    prev = 0
+    for b in sorted({p for _, s, e in hits for p in (s, e)}):
+        chars += len(data[prev:b].decode("utf-8", "replace"))
+        char_at[b] = chars
+        prev = b
+    return [(r, char_at[s], char_at[e]) for r, s, e in hits]
 
 
-def _to_chars(text: str, hits: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-    """Byte offsets → character offsets. Only the non-ASCII characters are visited: each adds
-    (its UTF-8 length - 1) to the byte offsets after it; a bisection finds how many precede."""
-    byte_pos: list[int] = []  # byte offset just after each non-ASCII character
-    extra: list[int] = []  # extra bytes up to and including it
-    total = 0
-    for m in _NON_ASCII.finditer(text):
-        c = m.group()
-        n = 2 if c < "\u0800" else 3 if c < "\U00010000" else 4
-        if "\ud800" <= c <= "\udfff":
-            n = 1  # a lone surrogate was encoded as "?"
-        total += n - 1
-        byte_pos.append(m.start() + total + 1)
-        extra.append(total)
+_T = TypeVar("_T")
+_CACHES: Final[weakref.WeakSet[TextCache[Any]]] = weakref.WeakSet()
 
-    def char(b: int) -> int:
-        i = bisect.bisect_right(byte_pos, b)
-        return b - (extra[i - 1] if i else 0)
 
-    return [(r, char(s), char(e)) for r, s, e in hits]
+class TextCache(Generic[_T]):
+    """``fn(text)`` for the texts seen most recently (least recently used out), for a ``fn``
+    that depends on nothing but the text (a guardrail's detection, built once per policy).
+
+    Chat clients send the system prompt and the whole conversation so far with every
+    request: most segments a sidecar scans it has scanned before. Texts longer than
+    ``max_chars`` are not kept, so a cache holds at most ``size * max_chars`` characters
+    (1 MB of ASCII by default; the guardrails of one engine mostly hold the same text
+    objects). Entries hold the text itself, like the normalisation cache (``textnorm``);
+    they live in this process's memory only, until pushed out or the policy is reloaded.
+    Safe across threads (``functools.lru_cache``)."""
+
+    def __init__(self, fn: Callable[[str], _T], *, size: int = 128, max_chars: int = 8192):
+        if inspect.ismethod(fn):  # the owner's method: no reference cycle through its cache
+            fn = _weak_method(fn)
+        self._fn = fn
+        self._cached = functools.lru_cache(maxsize=size)(fn)
+        self.max_chars = max_chars
+        _CACHES.add(self)
+
+    def __call__(self, text: str) -> _T:
+        if len(text) <= self.max_chars:
+            return self._cached(text)
+        return self._fn(text)
+
+    def clear(self) -> None:
+        self._cached.cache_clear()
+
+
+def _weak_method(method: Callable[[str], _T]) -> Callable[[str], _T]:
+    ref = weakref.WeakMethod(method)
+
+    def call(text: str) -> _T:
+        fn = ref()
+        if fn is None:  # only reachable through a cache its owner no longer has
+            raise ReferenceError("the cache's owner is gone")
+        return fn(text)
+
+    return call
+
+
+def clear_caches() -> None:
+    """Empty every ``TextCache`` (benchmarks measure first sightings with it)."""
+    for cache in list(_CACHES):
+        cache.clear()
 
 
 def resolve_overlaps(cands: Iterable[Candidate]) -> list[Candidate]:
@@ -435,9 +531,13 @@ def literal_rule(entity: str, value: str, *, score: float, priority: int, tag: s
 def regex_rule(entity: str, regex: str, *, score: float, priority: int, tag: str) -> Rule | None:
     """A policy regex (Python syntax) as a rule: Hyperscan finds where a match starts (Unicode
     mode if it accepts the pattern there, else ASCII mode), Python's ``re`` decides the extent.
-    None when Hyperscan takes it in neither mode: scan it with Python ``re`` alone."""
+    None when Hyperscan takes it in neither mode, or only in ASCII mode while the pattern
+    itself has non-ASCII characters (ASCII mode would never match them where Python's ``re``
+    does: ``\\bñandú\\b``): scan it with Python ``re`` alone."""
     extract = re.compile(regex)
     for ucp in (True, False):
+        if not ucp and not regex.isascii():
+            break
         if compiles(regex, ucp=ucp) is None:
             return Rule(
                 entity, regex, score=score, ucp=ucp, extract=extract, priority=priority, tag=tag

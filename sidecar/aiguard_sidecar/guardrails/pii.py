@@ -179,6 +179,7 @@ class PIIGuard:
         *,
         hash_key: bytes | None = None,
         ner: NerAnalyzer | None = None,
+        cache: bool = True,
     ) -> None:
         self.cfg = cfg
         self.threshold = cfg.score_threshold
@@ -217,6 +218,12 @@ class PIIGuard:
                 "pii: entities %s need NER (spec.guardrails.*.pii.ner.enabled); not scanned",
                 ", ".join(sorted(self.unsupported)),
             )
+        # detection depends on the text alone: repeated texts (system prompts, the history a
+        # chat client re-sends) are not scanned again. ``cache=False`` where texts do not
+        # repeat (responses, stream windows).
+        self._cached_spans: Callable[[str], tuple[PIISpan, ...]] = (
+            patterns.TextCache(self._detect) if cache else self._detect
+        )
         self._hash_key = hash_key
         if hash_key is None and PIIAction.HASH in {*cfg.entities.values(), *actions}:
             log.warning("pii: hash action without hashKeySecretRef; using a per-process key")
@@ -226,13 +233,16 @@ class PIIGuard:
 
     def spans(self, text: str) -> list[PIISpan]:
         """Findings in ``text``: thresholded, overlaps resolved, NER merged; sorted by start."""
+        return list(self._cached_spans(text))
+
+    def _detect(self, text: str) -> tuple[PIISpan, ...]:
         found = self._matcher.find(text, self.threshold)
         cands = [c for c in found if c.score >= self.threshold]
         resolved = patterns.resolve_overlaps(cands) if cands else []
         out = [self._span(c) for c in resolved]
         if self._ner is not None and text.strip():
             out = merge_ner(out, self._ner.analyze(text), text, self._ner_action)
-        return out
+        return tuple(out)
 
     def _span(self, c: Candidate) -> PIISpan:
         tag = self._matcher.rules[c.rule].tag
@@ -265,7 +275,7 @@ class PIIGuard:
         verdict = Verdict()
         pseudo = Pseudonymizer() if self.cfg.pseudonymize else None
         for seg in segments:
-            found = self.spans(seg.text)
+            found = self._cached_spans(seg.text)
             if not found:
                 continue
             reps: list[Replacement] = []

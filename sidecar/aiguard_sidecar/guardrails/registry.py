@@ -83,6 +83,12 @@ def _read(ctx: BuildContext, ref: SecretKeyRef | None) -> bytes | None:
     return ctx.read_secret(ref)
 
 
+def _repeats(ctx: BuildContext) -> bool:
+    """Whether texts repeat, so detection results are worth keeping: requests re-send the
+    system prompt and the conversation; responses and stream windows are new text."""
+    return ctx.direction is Direction.INPUT
+
+
 def _build_pii(cfg: PIIGuardrail, ctx: BuildContext) -> Guardrail | None:
     if not cfg.enabled:
         return None
@@ -94,7 +100,9 @@ def _build_pii(cfg: PIIGuardrail, ctx: BuildContext) -> Guardrail | None:
 
         wanted = [*cfg.ner.entities, *(set(cfg.entities) - patterns.SUPPORTED_ENTITIES)]
         ner = ner_module.NerAnalyzer(wanted, score_threshold=cfg.ner.score_threshold)
-    return pii.PIIGuard(cfg, hash_key=_read(ctx, cfg.hash_key_secret_ref), ner=ner)
+    return pii.PIIGuard(
+        cfg, hash_key=_read(ctx, cfg.hash_key_secret_ref), ner=ner, cache=_repeats(ctx)
+    )
 
 
 def _build_secrets(cfg: SecretsGuardrail, ctx: BuildContext) -> Guardrail | None:
@@ -102,7 +110,7 @@ def _build_secrets(cfg: SecretsGuardrail, ctx: BuildContext) -> Guardrail | None
         return None
     from aiguard_sidecar.guardrails import secrets
 
-    return secrets.SecretsGuard(cfg)
+    return secrets.SecretsGuard(cfg, cache=_repeats(ctx))
 
 
 def _build_deny(cfg: KeywordGuardrail, ctx: BuildContext) -> Guardrail | None:

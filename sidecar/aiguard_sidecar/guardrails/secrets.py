@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from aiguard_api.policy import SecretsAction, SecretsGuardrail
@@ -750,6 +750,11 @@ SECRET_RULES: Final[tuple[Rule, ...]] = (
     ),
 )
 
+# Every match of _AWS_SECRET_NAMED starts with this: Hyperscan tells whether the regex can
+# match at all, in the pass it makes anyway (a Python search of every text costs more).
+_AWS_NAMED_HINT: Final = Rule(
+    "AWS_SECRET_ACCESS_KEY", r"aws_?(?:secret|sk)", caseless=True, som=False, check=lambda *_: None
+)
 _AWS_SECRET_NEAR: Final = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 _AWS_SECRET_NAMED: Final = re.compile(
     r"(?i)aws_?(?:secret_?(?:access_?)?key|secret|sk)[\"']?\s{0,5}(?:=>|[:=])\s{0,5}[\"']?"
@@ -764,15 +769,30 @@ class SecretsGuard:
     name = NAME
     cpu_heavy = False
 
-    def __init__(self, cfg: SecretsGuardrail) -> None:
+    def __init__(self, cfg: SecretsGuardrail, *, cache: bool = True) -> None:
         self.cfg = cfg
         rules = [r for r in SECRET_RULES if cfg.entropy_detection or r.entity != "GENERIC_SECRET"]
         self.rules = tuple(rules)
-        self._matcher = Matcher(self.rules)
+        # the last rule only says whether a named AWS secret can be there (see _detect)
+        self._matcher = Matcher((*self.rules, _AWS_NAMED_HINT))
+        self._hint = len(self.rules)
+        # detection depends on the text alone: repeated texts are not scanned again
+        # (``cache=False`` where texts do not repeat: responses, stream windows)
+        self._cached_find: Callable[[str], tuple[Candidate, ...]] = (
+            patterns.TextCache(self._detect) if cache else self._detect
+        )
 
     def find(self, text: str) -> list[Candidate]:
         """Secrets in ``text``, non-overlapping, sorted by start."""
-        cands = self._matcher.find(text)
+        return list(self._cached_find(text))
+
+    def _detect(self, text: str) -> tuple[Candidate, ...]:
+        hits = self._matcher.raw(text)
+        if not hits:
+            return ()
+        hint = self._hint
+        named_aws = any(h[0] == hint for h in hits)
+        cands = self._matcher.find_hits(text, [h for h in hits if h[0] != hint])
         out: list[Candidate] = []
         for c in cands:
             if c.entity == "GENERIC_SECRET":
@@ -782,18 +802,18 @@ class SecretsGuard:
             out.append(c)
             if c.entity == "AWS_ACCESS_KEY_ID":
                 out.extend(_aws_secret_near(text, c))
-        if "aws" in text or "AWS" in text:
+        if named_aws and ("aws" in text or "AWS" in text):
             for m in _AWS_SECRET_NAMED.finditer(text):
                 s, e = m.span("v")
                 if _aws_secret_check(text, s, e) is not None or _named_aws_ok(m.group("v")):
                     out.append(Candidate("AWS_SECRET_ACCESS_KEY", s, e, 0.95, 85, -1))
-        return patterns.resolve_overlaps(out) if out else out
+        return tuple(patterns.resolve_overlaps(out)) if out else ()
 
     def check(self, segments: Sequence[Segment], ctx: ScanContext) -> Verdict:
         verdict = Verdict()
         action = self.cfg.action
         for seg in segments:
-            found = self.find(seg.text)
+            found = self._cached_find(seg.text)
             if not found:
                 continue
             reps: list[Replacement] = []

@@ -28,8 +28,11 @@ from typing import Final
 # Payment cards
 
 
+_NOT_ASCII_DIGIT: Final = re.compile(r"[^0-9]+")
+
+
 def digits_only(value: str) -> str:
-    return "".join(c for c in value if "0" <= c <= "9")
+    return _NOT_ASCII_DIGIT.sub("", value)
 
 
 def luhn(digits: str) -> bool:
@@ -77,9 +80,20 @@ _IIN: Final[tuple[tuple[int, int, int, frozenset[int], str], ...]] = (
 )
 
 
-_IIN_BY_WIDTH: Final = tuple(
-    (width, tuple(row for row in _IIN if row[2] == width)) for width in (1, 2, 3, 4)
-)
+def _iin_table() -> tuple[tuple[int, dict[str, list[tuple[frozenset[int], str]]]], ...]:
+    """Per prefix width, the first ``width`` digits → (lengths, issuer) in table order."""
+    out = []
+    for width in (1, 2, 3, 4):
+        by_prefix: dict[str, list[tuple[frozenset[int], str]]] = {}
+        for low, high, w, lengths, issuer in _IIN:
+            if w == width:
+                for p in range(low, high + 1):
+                    by_prefix.setdefault(str(p).zfill(width), []).append((lengths, issuer))
+        out.append((width, by_prefix))
+    return tuple(out)
+
+
+_IIN_BY_WIDTH: Final = _iin_table()
 
 
 def card_issuer(digits: str) -> str | None:
@@ -87,10 +101,14 @@ def card_issuer(digits: str) -> str | None:
     n = len(digits)
     if not 12 <= n <= 19 or not digits.isdigit():
         return None
-    for width, rows in _IIN_BY_WIDTH:
-        prefix = int(digits[:width])
-        for low, high, _, lengths, issuer in rows:
-            if low <= prefix <= high and n in lengths:
+    if not digits.isascii():  # other scripts' digits: compare the numeric values
+        for low, high, width, lengths, issuer in sorted(_IIN, key=lambda row: row[2]):
+            if low <= int(digits[:width]) <= high and n in lengths:
+                return issuer
+        return None
+    for width, by_prefix in _IIN_BY_WIDTH:
+        for lengths, issuer in by_prefix.get(digits[:width], ()):
+            if n in lengths:
                 return issuer
     return None
 
@@ -100,7 +118,7 @@ _CARD_GROUPS = re.compile(r"\d+")
 
 def card_grouping_ok(value: str) -> bool:
     """Separators, if any, are one kind (space or dash) between groups of 2-6 digits."""
-    seps = {c for c in value if not c.isdigit()}
+    seps = {c for c in set(value) if not c.isdigit()}
     if not seps:
         return True
     if len(seps) > 1:
