@@ -43,7 +43,7 @@ from functools import lru_cache
 from typing import Final
 
 from aiguard_api import policy
-from aiguard_sidecar.guardrails import linear, textnorm
+from aiguard_sidecar.guardrails import linear, patterns, textnorm
 from aiguard_sidecar.guardrails.base import Decision, Finding, Role, ScanContext, Segment, Verdict
 
 __all__ = [
@@ -348,7 +348,8 @@ class Score:
 
     @property
     def type(self) -> str:
-        best = max(self.families, key=lambda f: FAMILY_BOOST[f], default="")
+        # ties broken by name: set order varies between processes (hash seeds)
+        best = max(self.families, key=lambda f: (FAMILY_BOOST[f], f), default="")
         return _TYPE_BY_FAMILY.get(best, "prompt_injection")
 
 
@@ -420,6 +421,17 @@ class PromptInjectionGuardrail:
         self.model = linear.load_compact(MODEL_NAME)
         _signature_set()  # compile now, not on the first request
         self._roles = SCANNED_ROLES | (INDIRECT_ROLES if cfg.scan_tool_results else frozenset())
+        # A score depends on the text and on whether it came from a tool or a document
+        # (INDIRECT_ROLES) and nothing else: chat clients resend the system prompt and the
+        # history with every request, so only the new turn is normally scored.
+        self._direct = patterns.TextCache(self._score_direct)
+        self._indirect = patterns.TextCache(self._score_indirect)
+
+    def _score_direct(self, text: str) -> Score:
+        return score_text(text, model=self.model, role=Role.USER)
+
+    def _score_indirect(self, text: str) -> Score:
+        return score_text(text, model=self.model, role=Role.TOOL_RESULT)
 
     def check(self, segments: Sequence[Segment], ctx: ScanContext) -> Verdict:
         verdict = Verdict()
@@ -429,7 +441,7 @@ class PromptInjectionGuardrail:
         for seg in segments:
             if seg.role not in self._roles or not seg.text or seg.text.isspace():
                 continue
-            s = score_text(seg.text, model=self.model, role=seg.role)
+            s = (self._indirect if seg.role in INDIRECT_ROLES else self._direct)(seg.text)
             if s.score < self.cfg.threshold:
                 continue
             kind = "indirect_injection" if seg.role in INDIRECT_ROLES else s.type
