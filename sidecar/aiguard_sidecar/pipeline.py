@@ -72,6 +72,9 @@ from aiguard_sidecar.upstream import (
 
 log = logging.getLogger("aiguard.sidecar.pipeline")
 
+# A non-streamed request in flight this long is journaled (audit/spool.py "In flight").
+JOURNAL_AFTER_SECONDS: Final = 1.0
+
 REQUEST_ID_HEADER: Final = "x-aiguard-request-id"
 CLIENT_CLOSED: Final = 499  # nginx's code for "the client went away"
 _JSON: Final = "application/json"
@@ -538,6 +541,37 @@ class Pipeline:
         inbound: Inbound,
         start: float,
     ) -> web.StreamResponse:
+        """The upstream attempts. A non-streamed request still waiting after
+        :data:`JOURNAL_AFTER_SECONDS` is journaled in flight like a stream (``audit.begin``),
+        so a sidecar killed while the provider generates still leaves an ``interrupted``
+        event; quick requests skip the marker's file write."""
+        begin = getattr(self.audit, "begin", None)
+
+        def journal_in_flight() -> None:
+            if begin is not None and not rec.emitted:  # its final event is not queued yet
+                begin(rec)
+
+        journal = (
+            asyncio.get_running_loop().call_later(JOURNAL_AFTER_SECONDS, journal_in_flight)
+            if begin is not None and not ex.stream
+            else None
+        )
+        try:
+            return await self._attempts(request, rt, rec, ex, route, inbound, start)
+        finally:
+            if journal is not None:
+                journal.cancel()
+
+    async def _attempts(
+        self,
+        request: web.Request,
+        rt: Runtime,
+        rec: RequestRecord,
+        ex: Exchange,
+        route: CompiledRoute,
+        inbound: Inbound,
+        start: float,
+    ) -> web.StreamResponse:
         plan = AttemptPlan(route, rt.cfg.spec.resilience, rt.breaker, self.budget)
         rec.attempts = plan.path
         loop = asyncio.get_running_loop()
@@ -986,6 +1020,7 @@ class Pipeline:
         rec.latency_seconds = asyncio.get_running_loop().time() - rec.started_mono
         rec.model_drift = self.drift.observe(rec)
         try:
+            rec.emitted = True
             await self.audit.emit(rec)
         except AuditUnavailable as e:
             closed = rt.cfg.spec.audit.on_spool_failure is FailureMode.CLOSED

@@ -78,6 +78,8 @@ class RequestRecord:
     """Guardrail findings as counts: (direction, guardrail, type, action) → count. No content."""
     exchange: Exchange | None = None
     response: ResponseInfo | None = None
+    emitted: bool = False
+    """Handed to the audit sink: no in-flight journal entry may be started after this."""
 
     def count_findings(self, direction: str, counts: Iterable[tuple[str, str, str, int]]) -> None:
         """Add a guardrail decision's ``(guardrail, type, action, count)`` counts."""

@@ -88,3 +88,38 @@ async def test_sigkill_mid_stream_records_the_stream_as_interrupted_after_restar
     assert gone["aiguard.output.hash"] is None
     audit.AuditEvent.model_validate(gone)
     assert [e["aiguard.outcome"] for e in events if e is not gone] == ["ok", "ok", "ok"]
+
+
+async def test_sigkill_while_the_provider_generates_a_json_answer_records_it_as_interrupted(
+    tmp_path: Any,
+    secrets: SecretVolume,
+    upstream: ProviderStandIn,
+    collector: Collector,
+    sidecar_process: list[SidecarProcess],
+) -> None:
+    """A non-streamed request still waiting for its provider after a second is journaled in
+    flight too (pipeline.JOURNAL_AFTER_SECONDS): killed then, it is not lost either."""
+    sc = SidecarProcess(tmp_path, make_policy(upstream), secrets)
+    sidecar_process.append(sc)
+    await sc.start(collector.url)
+    async with aiohttp.ClientSession() as http:
+        done = await chat(http, sc, stream=False)
+        assert sc.inflight_markers() == []  # a quick request writes no marker
+        upstream.fail_next(Fault.slow_headers(30))  # the provider takes its time
+        body = {"model": "gpt-4o", "messages": HELLO}
+        waiting = asyncio.create_task(http.post(f"{sc.url}/openai/v1/chat/completions", json=body))
+        await wait_for(lambda: len(sc.inflight_markers()) == 1, what="the in-flight marker")
+        await sc.kill()
+        with pytest.raises(aiohttp.ClientError):
+            await waiting
+        await sc.start(collector.url)
+        after = await chat(http, sc, stream=False)
+
+    events = await wait_events(collector, 3)
+    assert audit.verify_chain(events) == []
+    assert [e["aiguard.request.id"] for e in events][0::2] == [done, after]
+    gone = events[1]
+    assert gone["aiguard.outcome"] == "interrupted"
+    assert gone["aiguard.stream"] is False
+    assert gone["aiguard.input.hash"] == audit.content_hash([("user", QUESTION)])
+    audit.AuditEvent.model_validate(gone)
