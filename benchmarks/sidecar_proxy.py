@@ -141,7 +141,12 @@ UNIQUE_MARK: Final = "req-000000"
 
 
 def chat_body(
-    size: int, *, model: str = MODEL, stream: bool = False, max_tokens: int = 32
+    size: int,
+    *,
+    model: str = MODEL,
+    stream: bool = False,
+    max_tokens: int = 32,
+    unique: bool = True,
 ) -> bytes:
     """An OpenAI chat-completion request of exactly ``size`` bytes (when ``size`` exceeds the
     empty envelope): a system prompt and alternating turns of ~1 KB, ending with the user,
@@ -163,8 +168,9 @@ def chat_body(
     share, extra = divmod(room, turns)
     for i in range(turns):
         messages[1 + i]["content"] = _filler(share + (1 if i < extra else 0), offset=i * 7)
-    last = messages[-1]["content"]
-    messages[-1]["content"] = (UNIQUE_MARK + " " + last)[: max(len(last), len(UNIQUE_MARK) + 1)]
+    if unique:  # (the stand-in echoes the prompt: TTFT bodies leave the digits out)
+        last = messages[-1]["content"]
+        messages[-1]["content"] = (UNIQUE_MARK + " " + last)[: max(len(last), len(UNIQUE_MARK) + 1)]
     return dump()
 
 
@@ -1293,13 +1299,13 @@ class Bench:
                 "direct",
                 f"http://127.0.0.1:{stream}{CHAT_PATH}",
                 self.direct_headers,
-                chat_body(a.ttft_body, stream=True),
+                chat_body(a.ttft_body, stream=True, unique=False),
             ),
             (
                 "sidecar",
                 self.sidecar_url,
                 self.side_headers,
-                chat_body(a.ttft_body, model=MODEL_STREAM, stream=True),
+                chat_body(a.ttft_body, model=MODEL_STREAM, stream=True, unique=False),
             ),
         ]
         if "portkey" in self.proxies:
@@ -1311,7 +1317,7 @@ class Bench:
                         **self.targets["portkey"].headers,
                         "x-portkey-custom-host": f"http://127.0.0.1:{stream}/v1",
                     },
-                    chat_body(a.ttft_body, stream=True),
+                    chat_body(a.ttft_body, stream=True, unique=False),
                 )
             )
         samples = asyncio.run(_ttft_samples(targets, a.ttft_requests, warmup=10))
