@@ -135,6 +135,10 @@ class StdoutCopy:
         self._thread.join(timeout=5)
 
 
+# How long the request-log writer lets lines gather before it formats and writes them.
+REQUEST_LOG_BATCH_SECONDS: Final = 0.02
+
+
 class RequestLog:
     """One JSON line of request metadata (``RequestRecord.summary()``) per request on a binary
     stream, in the shape of ``logs.JsonFormatter`` lines (``ts``, ``level``, ``logger``,
@@ -178,6 +182,9 @@ class RequestLog:
             first = q.get()
             if first is None:
                 return
+            # Let a batch gather: one wake-up (and GIL hand-off) per batch, not per request;
+            # a log line may be this late, a request never waits for it.
+            time.sleep(REQUEST_LOG_BATCH_SECONDS)
             lines = [self._line(first)]
             stop = False
             while len(lines) < 512:
