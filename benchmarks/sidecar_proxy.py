@@ -1367,11 +1367,19 @@ class Bench:
         a = self.args
         out_file = self.workdir / "sidecar.prof"
         policy = policy_doc(
-            self.plain_port, None, None, no_guardrails=self.args.profile_no_guardrails
+            self.plain_port,
+            None,
+            self.stream_port if a.profile_stream else None,
+            no_guardrails=a.profile_no_guardrails,
         )
         port, _, proc, _ = self.start_sidecar("sidecar-profiled", policy, profile_out=out_file)
         url = f"http://127.0.0.1:{port}{SIDECAR_PATH}"
-        script = self.loadgen.script("profile", chat_body(a.profile_body), self.side_headers)
+        body = (
+            chat_body(a.profile_body, model=MODEL_STREAM, stream=True, unique=False)
+            if a.profile_stream
+            else chat_body(a.profile_body)
+        )
+        script = self.loadgen.script("profile", body, self.side_headers)
         self.loadgen.run(url, script, a.profile_connections, 1)  # warm-up, not profiled
         proc.popen.send_signal(signal.SIGUSR1)
         time.sleep(0.2)
@@ -2092,6 +2100,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile-only", action="store_true", help="only the sidecar profile (no cells, no TTFT)"
     )
     ap.add_argument("--no-ttft", action="store_true")
+    ap.add_argument(
+        "--profile-stream",
+        action="store_true",
+        help="profile streamed requests (the TTFT path) instead of JSON ones",
+    )
     ap.add_argument(
         "--profile-no-guardrails",
         action="store_true",
