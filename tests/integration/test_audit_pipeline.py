@@ -24,7 +24,6 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-import trustme
 from aiohttp import web
 
 from aiguard_api import audit
@@ -46,7 +45,6 @@ from tests.sidecar.conftest import (
     HttpClients,
     SecretVolume,
     make_policy,
-    server_tls,
 )
 
 pytestmark = pytest.mark.cluster
@@ -189,19 +187,6 @@ async def collector(cluster: Cluster, tmp_path: Path) -> AsyncIterator[Collector
     await c.up()
     yield c
     await c.down()
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[ProviderStandIn]:
-    ca = trustme.CA()
-    async with ProviderStandIn(
-        ssl_context=server_tls(ca),
-        openai_keys=[OPENAI_KEY],
-        azure_keys=[AZURE_KEY],
-        anthropic_keys=[ANTHROPIC_KEY],
-    ) as s:
-        s.test_ca = ca  # type: ignore[attr-defined]
-        yield s
 
 
 @dataclass

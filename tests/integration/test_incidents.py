@@ -25,7 +25,6 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-import trustme
 from aiohttp import web
 
 from aiguard_api import audit
@@ -51,7 +50,6 @@ from tests.sidecar.conftest import (
     HttpClients,
     SecretVolume,
     make_policy,
-    server_tls,
 )
 
 pytestmark = pytest.mark.cluster
@@ -101,19 +99,6 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     yield r, f"http://127.0.0.1:{runner.addresses[0][1]}/services/T000/B000/XXXX"
     await runner.cleanup()
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[ProviderStandIn]:
-    ca = trustme.CA()
-    async with ProviderStandIn(
-        ssl_context=server_tls(ca),
-        openai_keys=[OPENAI_KEY],
-        azure_keys=[AZURE_KEY],
-        anthropic_keys=[ANTHROPIC_KEY],
-    ) as s:
-        s.test_ca = ca  # type: ignore[attr-defined]
-        yield s
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ import aiohttp
 import anthropic
 import openai
 import pytest
-import trustme
 import yaml
 
 from aiguard_api import audit
@@ -51,7 +50,6 @@ from tests.sidecar.conftest import (
     HttpClients,
     SecretVolume,
     make_policy,
-    server_tls,
 )
 
 TIMEOUT_SECONDS = 6
@@ -182,19 +180,6 @@ async def collector(cluster: Cluster, crds: None, tmp_path: Path) -> AsyncIterat
     yield server
     await server.stop()
     await api.close()
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[ProviderStandIn]:
-    ca = trustme.CA()
-    async with ProviderStandIn(
-        ssl_context=server_tls(ca),
-        openai_keys=[OPENAI_KEY],
-        azure_keys=[AZURE_KEY],
-        anthropic_keys=[ANTHROPIC_KEY],
-    ) as s:
-        s.test_ca = ca  # type: ignore[attr-defined]
-        yield s
 
 
 @dataclass
