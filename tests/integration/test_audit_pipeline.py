@@ -34,6 +34,7 @@ from aiguard_sidecar.app import AUDIT, Settings, SidecarServer
 from aiguard_sidecar.audit.sink import AuditService, AuditSettings
 from aiguard_sidecar.identity import Workload
 from aiguard_sidecar.metrics import Metrics
+from tests.harness import polling
 from tests.harness.auditdata import chain
 from tests.harness.cluster import Cluster, free_ports
 from tests.harness.standin import ProviderStandIn
@@ -54,14 +55,8 @@ DAY = 86400.0
 WITHIN = 20.0
 
 
-async def until(
-    condition: Callable[[], Awaitable[bool]], what: str, within: float = WITHIN
-) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.05)
+async def until(check: Callable[[], Awaitable[Any]], what: str, within: float = WITHIN) -> Any:
+    return await polling.until(check, what, within)
 
 
 @dataclass

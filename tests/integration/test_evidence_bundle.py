@@ -45,6 +45,7 @@ from aiguard_sidecar.audit.sink import AuditService, AuditSettings
 from aiguard_sidecar.guarding import engine_guardrails
 from aiguard_sidecar.identity import Workload
 from aiguard_sidecar.metrics import Metrics
+from tests.harness import polling
 from tests.harness.auditdata import chain
 from tests.harness.cluster import Cluster, free_ports
 from tests.harness.devoperator import DevOperator
@@ -80,12 +81,8 @@ CRITERIA = ["CC6.1", "CC6.6", "CC6.7", "CC7.2", "CC7.3", "CC8.1", "A1.1", "A1.2"
             "PI1.4", "C1.1", "C1.2", "P4.1", "P6.1"]  # fmt: skip
 
 
-async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WITHIN
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {WITHIN} s waiting for {what}")
-        await asyncio.sleep(0.1)
+async def until(check: Callable[[], Awaitable[Any]], what: str, within: float = WITHIN) -> Any:
+    return await polling.until(check, what, within)
 
 
 def scenario_policy(upstream: ProviderStandIn, backup: ProviderStandIn, ns: str) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import contextlib
 import datetime as dt
 import io
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from aiguard_sidecar.app import Settings, SidecarServer
 from aiguard_sidecar.audit.sink import AuditSettings
 from aiguard_sidecar.guarding import engine_guardrails
 from aiguard_sidecar.identity import Workload
+from tests.harness import polling
 from tests.harness.cluster import Cluster, free_ports
 from tests.harness.devoperator import apply_cluster_objects, manifests
 from tests.harness.standin import ProviderStandIn
@@ -73,13 +73,8 @@ TRANSFER_TOOL: Any = {
 }
 
 
-async def until(condition: Callable[[], Awaitable[Any]], what: str, within: float = WITHIN) -> Any:
-    deadline = time.monotonic() + within
-    while not (result := await condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return result
+async def until(check: Callable[[], Awaitable[Any]], what: str, within: float = WITHIN) -> Any:
+    return await polling.until(check, what, within)
 
 
 # --------------------------------------------------------------------------- fixtures

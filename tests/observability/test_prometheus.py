@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from aiguard_api import audit, constants
 from aiguard_api.constants import PLACEHOLDER_KEY
 from aiguard_operator.collector.server import Deps, create_app
 from aiguard_operator.collector.store import EventQuery, SQLiteStore
+from tests.harness import polling
 from tests.harness.cluster import Cluster, free_ports
 from tests.harness.devoperator import DevOperator
 from tests.harness.standin import ProviderStandIn
@@ -109,16 +109,7 @@ async def policy_ready(cluster: Cluster, namespace: str, name: str) -> bool:
 async def until(
     check: Callable[[], Awaitable[Any]], what: str, detail: Callable[[], str] = str
 ) -> Any:
-    """Poll ``check`` every 0.2 s until it returns something truthy; fail after DEADLINE,
-    saying what was awaited and ``detail()``."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {DEADLINE} s waiting for {what}\n{detail()}")
-        await asyncio.sleep(0.2)
+    return await polling.until(check, what, DEADLINE, every=0.2, detail=detail)
 
 
 # ── processes ────────────────────────────────────────────────────────────────────────────────
