@@ -1016,8 +1016,9 @@ class Bench:
 
         if not a.no_noguard:
             nport, nadmin, _, ninfo = self.start_sidecar(
-                "sidecar-noguard", policy_doc(plain_port, None, None, no_guardrails=True)
+                "sidecar-noguard", policy_doc(plain_port, None, stream_port, no_guardrails=True)
             )
+            self.noguard_url = f"http://127.0.0.1:{nport}{SIDECAR_PATH}"
             self.proxies["sidecar-noguard"] = ninfo
             self.add(
                 Target(
@@ -1308,6 +1309,15 @@ class Bench:
                 chat_body(a.ttft_body, model=MODEL_STREAM, stream=True, unique=False),
             ),
         ]
+        if "sidecar-noguard" in self.proxies:  # the guardrails' share of the overhead
+            targets.append(
+                (
+                    "sidecar-noguard",
+                    self.noguard_url,
+                    self.side_headers,
+                    chat_body(a.ttft_body, model=MODEL_STREAM, stream=True, unique=False),
+                )
+            )
         if "portkey" in self.proxies:
             targets.append(
                 (
@@ -2136,7 +2146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.no_portkey = args.no_tls = args.no_quietlog = args.no_bare = args.no_ttft = True
         args.no_noguard = True
     if args.ttft_only:
-        args.no_tls = args.no_quietlog = args.no_bare = args.no_noguard = args.no_profile = True
+        args.no_tls = args.no_quietlog = args.no_bare = args.no_profile = True
     machine = common.machine()
     bench = Bench(args)
     print(
