@@ -12,6 +12,9 @@ answered a hostile input with an unhandled error instead of a clean refusal.
   gives the same events, and rendering an event gives well-formed SSE.
 * :func:`admission_review` — the pod webhook's decision on an arbitrary (JSON) pod: an
   ``Outcome``, and a patch that applies to the pod it was computed for.
+* :func:`collector_ingest` — the collector's parsing of a POSTed batch of audit events (what a
+  compromised sidecar could send): validated events or a ``BadRequest`` (400), and an event is
+  accepted only for the pod its chain instance names.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import jsonpatch
 from aiguard_api import constants
 from aiguard_api.policy import LabelSelector, SecretKeyRef
 from aiguard_operator import admission, injection
+from aiguard_operator.collector.capture import CaptureCipher
+from aiguard_operator.collector.server import BadRequest, _validate
 from aiguard_operator.injection import PolicyInfo, SidecarSettings
 from aiguard_sidecar.errors import ProxyError
 from aiguard_sidecar.exchange import Api, Exchange, get_at
@@ -187,8 +192,24 @@ def admission_review(data: bytes) -> None:
         review_pod(pod, NS_ENABLED)
 
 
+# ── collector ingest ─────────────────────────────────────────────────────────────────────────
+
+CIPHER: Final = CaptureCipher([bytes(32)])
+
+
+def collector_ingest(data: bytes) -> None:
+    for cipher in (None, CIPHER):
+        try:
+            events = _validate(data, cipher)
+        except BadRequest:
+            continue
+        for e in events:
+            assert e.instance.startswith(f"{e.namespace}/{e.pod}/"), e.instance
+
+
 TARGETS: Final[dict[str, Target]] = {
     "request_parsers": request_parsers,
     "sse_relay": sse_relay,
     "admission_review": admission_review,
+    "collector_ingest": collector_ingest,
 }

@@ -169,13 +169,15 @@ def test_invalid_utf8_and_odd_encodings_are_refused_with_400(raw: bytes) -> None
     ],
     ids=["escaped", "utf8-encoded"],
 )
-def test_lone_surrogates_are_accepted_and_reach_the_guardrails(raw: bytes) -> None:
+def test_lone_surrogates_are_refused_with_400(raw: bytes) -> None:
     """``"\\ud800"`` is valid JSON, and Python's json reads UTF-8-encoded surrogates too
-    (``surrogatepass``): the text is a segment like any other, the guardrails read it."""
+    (``surrogatepass``), but a lone surrogate is not a character: it cannot be hashed for the
+    audit trail or sent upstream as UTF-8, so every parser refuses it in the caller's format."""
     for inbound, api, path_model in REQUEST_APIS:
-        parse_request(inbound, api, raw, path_model)
-    ex = OPENAI.parse(Api.CHAT_COMPLETIONS, raw)
-    assert [s.text for s in ex.segments] == ["a\ud800b"]
+        with pytest.raises(ProxyError) as info:
+            inbound.parse(api, raw, path_model=path_model or None)
+        assert info.value.status == 400
+        assert "surrogate" in str(info.value)
 
 
 # ── SSE ──────────────────────────────────────────────────────────────────────────────────────

@@ -245,6 +245,12 @@ def test_azure_deployment_from_the_path_is_the_model() -> None:
         (b"[1]", "invalid_json"),
         (b'{"messages": []}', "missing_model"),
         (b'{"model": 3}', "missing_model"),
+        # valid JSON, not text: a lone surrogate cannot be scanned, hashed or sent as UTF-8
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+            "invalid_json",
+        ),
+        (b'{"model": "m", "messages": [], "metadata": {"\\uDFFF": 1}}', "invalid_json"),
     ],
 )
 def test_unusable_bodies_are_400(raw: bytes, code: str) -> None:
@@ -315,3 +321,9 @@ def test_a_content_part_whose_type_is_not_a_string_is_counted_not_a_crash(kind: 
         {"role": "user", "content": [part, {"type": "text", "text": "ok"}]}]})  # fmt: skip
     assert texts(messages) == [("ok", Role.USER)]
     assert messages.unscanned == {Unscanned.UNKNOWN: 1}
+
+
+def test_a_surrogate_pair_is_one_character_and_parses() -> None:
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "smile \\ud83d\\ude00"}]}'
+    ex = OPENAI.parse(Api.CHAT_COMPLETIONS, raw)
+    assert texts(ex) == [("smile \U0001f600", Role.USER)]

@@ -153,6 +153,10 @@ def _validate(raw: bytes, cipher: CaptureCipher | None = None) -> list[Ingest]:
         prefix = f"{ev.namespace}/{ev.pod}/"
         if not ev.instance.startswith(prefix):
             raise BadRequest(f"events[{i}]: instance {ev.instance!r} is not of pod {prefix}")
+        try:
+            body = audit.canonical(event).decode()
+        except UnicodeEncodeError:  # "\ud800" is valid JSON, but not a character
+            raise BadRequest(f"events[{i}]: a string holds a lone surrogate") from None
         out.append(
             Ingest(
                 id=ev.id,
@@ -164,7 +168,7 @@ def _validate(raw: bytes, cipher: CaptureCipher | None = None) -> list[Ingest]:
                 service_account=ev.service_account,
                 policy=ev.policy_name,
                 hash=ev.hash,
-                body=audit.canonical(event).decode(),
+                body=body,
                 capture=_seal(cipher, content, ev) if content is not None else None,
             )
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -97,7 +98,34 @@ def load_json_object(raw: bytes, *, unique_keys: bool = True) -> dict[str, Any]:
         ) from None
     if not isinstance(doc, dict):
         raise errors.invalid("aiguard: the request body must be a JSON object", code="invalid_json")
+    if unique_keys and _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(doc):
+        # Valid JSON, but not text: it cannot be scanned, hashed for the audit trail or
+        # re-encoded for the provider as UTF-8. (A \uD83D\uDE00 pair is one character.)
+        raise errors.invalid(
+            "aiguard: the request body holds a lone UTF-16 surrogate (\\uD800-\\uDFFF without "
+            "its pair), which is not a character",
+            code="invalid_json",
+        )
     return doc
+
+
+# A surrogate in the raw bytes, escaped or UTF-8-encoded (which Python's json reads too): only
+# then is the parsed document searched.
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 MAX_MODEL_CHARS: Final = 256
