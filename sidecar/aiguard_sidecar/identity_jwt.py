@@ -93,8 +93,8 @@ def _parse_jwk(d: Any) -> _Key | None:
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
         return None
     alg = d.get("alg")
-    if alg is not None and alg not in _ALG_KTY:
-        return None  # a key pinned to an algorithm we never accept
+    if alg is not None and (not isinstance(alg, str) or alg not in _ALG_KTY):
+        return None  # a key pinned to an algorithm we never accept (or to no string at all)
     crv = d.get("crv")
     try:
         key: Any

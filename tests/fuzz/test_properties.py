@@ -13,9 +13,10 @@ import os
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from aiguard_sidecar import identity_jwt
 from aiguard_sidecar.errors import ProxyError
 from aiguard_sidecar.exchange import Api
 from aiguard_sidecar.providers import ANTHROPIC, OPENAI
@@ -307,3 +308,29 @@ def test_model_names_with_control_characters_or_oversized_are_refused(model: str
         with pytest.raises(ProxyError, match="model name") as info:
             inbound.parse(api, raw, path_model=path_model)
         assert info.value.status == 400
+
+
+# ── JWKS documents (identity_jwt.parse_jwks): what an identity provider, or whoever answers
+# for it, serves. A key set or a clean "no usable key" refusal, never a crash. ─────────────
+
+_B64URL = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")
+jwk_shaped = st.dictionaries(
+    st.sampled_from(["kty", "kid", "alg", "use", "n", "e", "crv", "x", "y", "k", "key_ops"]),
+    st.sampled_from(["RSA", "EC", "OKP", "oct", "RS256", "ES256", "EdDSA", "P-256", "sig", "enc"])
+    | _B64URL
+    | json_values,
+    max_size=8,
+)
+
+
+@FAST
+@given(st.one_of(json_values, st.fixed_dictionaries({"keys": st.lists(jwk_shaped, max_size=4)})))
+@example({"keys": [{"alg": [], "kty": "RSA"}]})  # found by this test: an unhashable alg crashed
+def test_any_jwks_document_gives_a_key_set_or_a_clean_refusal(doc: Any) -> None:
+    try:
+        keys = identity_jwt.parse_jwks(doc, fetched_at=0.0, generation=1)
+    except identity_jwt._FetchError:
+        return
+    assert keys.all, "a key set is never empty"
+    for k in keys.all:
+        assert k.kid is None or keys.by_kid[k.kid]
