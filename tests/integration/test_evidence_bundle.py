@@ -321,16 +321,15 @@ WIRE_TRANSFER = "Approve the wire transfer for invoice 42."
 
 async def pending_approval(w: World) -> str:
     """The name of the approval AIIncident the held request raised."""
-    deadline = time.monotonic() + WITHIN
-    while time.monotonic() < deadline:
+
+    async def pending() -> str | None:
         items = w.cluster.kubectl_json(
             "get", "aiincidents", "-n", w.namespace, "-l", "aiguard.dev/approval=true"
         )["items"]
-        pending = [i for i in items if i["spec"]["state"] == "pending-approval"]
-        if pending:
-            return str(pending[0]["metadata"]["name"])
-        await asyncio.sleep(0.2)
-    raise AssertionError("no pending approval appeared")
+        names = [i["metadata"]["name"] for i in items if i["spec"]["state"] == "pending-approval"]
+        return str(names[0]) if names else None
+
+    return str(await polling.until(pending, "a pending approval", WITHIN, every=0.2))
 
 
 def approve(*args: str) -> tuple[int, str]:

@@ -16,6 +16,7 @@ from aiguard_operator.collector.config import CollectorSettings
 from aiguard_operator.collector.server import CollectorServer
 from aiguard_operator.collector.store import PurgeQuery
 from tests.harness.auditdata import chain
+from tests.harness.polling import until
 from tests.sidecar.test_audit_tls_rotation import SecretVolume, serving_pair
 from tests.unit.test_collector_store import DAY, ingest
 
@@ -44,36 +45,26 @@ async def test_purges_run_on_schedule_and_renewed_certificates_are_served(
     try:
         old = chain(4, t0=time.time() - 40 * DAY, step=60)
         await server.store.insert(ingest(old), received_us=1)
-        purged: list[int] = []
 
-        async def purge_counts() -> None:
+        async def purged_four() -> bool:
             records = await server.store.purges(PurgeQuery(namespace="team-a"))
-            purged[:] = [r.count for r in records]
+            return 4 in [r.count for r in records]
 
-        deadline = time.monotonic() + 10
-        while 4 not in purged and time.monotonic() < deadline:
-            await purge_counts()
-            await asyncio.sleep(0.05)
-        assert 4 in purged, f"no scheduled purge of the 4 expired events: {purged}"
+        await until(purged_four, "a scheduled purge of the 4 expired events", within=10)
 
         secret.write(serving_pair(renewed_ca))
         ctx = ssl.create_default_context()
         renewed_ca.configure_trust(ctx)
-        verified: list[bool] = []
 
-        async def try_handshake() -> None:
+        async def renewed_served() -> bool:
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=ctx)
-                writer.close()
-                verified.append(True)
             except ssl.SSLCertVerificationError:
-                pass
+                return False
+            writer.close()
+            return True
 
-        deadline = time.monotonic() + 10
-        while not verified and time.monotonic() < deadline:
-            await try_handshake()
-            await asyncio.sleep(0.05)
-        assert verified, "the renewed certificate was never served"
+        await until(renewed_served, "the renewed certificate to be served", within=10)
     finally:
         await server.stop()
         await api.close()
