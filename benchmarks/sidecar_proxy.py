@@ -71,11 +71,12 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -1933,6 +1934,12 @@ def compare_main(argv: Sequence[str]) -> int:
         "--connections", type=lambda v: tuple(int(x) for x in v.split(",")), default=(32, 1)
     )
     ap.add_argument("--no-guardrails", action="store_true", help="disable default guardrails")
+    ap.add_argument(
+        "--ttft-requests",
+        type=int,
+        default=0,
+        help="also streamed TTFT, targets taking turns request by request (0: skip)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / f"{NAME}_compare.json")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="aiguard-bench-compare-"))
@@ -2002,6 +2009,9 @@ def compare_main(argv: Sequence[str]) -> int:
             "direct": gen.script("compare-direct", chat_body(args.body), direct),
         }
         runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+        ttft: dict[str, Any] = {}
+        if args.ttft_requests > 0:
+            ttft = _compare_ttft(targets, side, direct, args.ttft_requests)
         for conns in args.connections:
             for name, (url, _) in targets.items():
                 gen.run(url, scripts["direct" if name == "direct" else "side"], conns, 1)
@@ -2043,6 +2053,8 @@ def compare_main(argv: Sequence[str]) -> int:
             "rss_idle_mb": rss,
             "results": {},
         }
+        if ttft:
+            doc["ttft"] = ttft
         for conns in args.connections:
             rows: dict[str, dict[str, Any]] = {}
             base = runs[("aiohttp-bare", conns)]
@@ -2070,11 +2082,45 @@ def compare_main(argv: Sequence[str]) -> int:
             doc["results"][f"c{conns}"] = rows
         path = common.write_results(NAME, doc, out=args.out)
         print(json.dumps(doc["results"], indent=1))
+        if ttft:
+            print("ttft", json.dumps(ttft, indent=1))
         print(f"rss idle MB {rss}; wrote {path}")
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _compare_ttft(
+    targets: Mapping[str, tuple[str, int]],
+    side: dict[str, str],
+    direct: dict[str, str],
+    n: int,
+) -> dict[str, Any]:
+    """Streamed time to first token of each target (stand-in without chunk delay, 200 B body),
+    the targets taking turns request by request; overhead = p50 and paired p50 minus direct."""
+    body = chat_body(200, stream=True, unique=False)
+    order = [
+        (name, url, direct if name == "direct" else side, body)
+        for name, (url, _) in targets.items()
+        if name != "aiohttp-bare"  # (a pass-through: it does not parse SSE)
+    ]
+    samples = asyncio.run(_ttft_samples(order, n, warmup=20))
+    d = common.summarize(samples["direct"]["ttft"])
+    out: dict[str, Any] = {"requests_per_target": n, "body_bytes": 200}
+    for name, s in samples.items():
+        t = common.summarize(s["ttft"])
+        row: dict[str, Any] = {
+            "ttft_p50_ms": common.rounded(t["p50"] * 1000),
+            "errors": s["errors"],
+        }
+        if name != "direct":
+            row["overhead_p50_ms"] = common.rounded((t["p50"] - d["p50"]) * 1000)
+            paired = [x - y for (_, x), (_, y) in _pairs(s["rounds"], samples["direct"]["rounds"])]
+            if paired:
+                row["overhead_paired_p50_ms"] = common.rounded(statistics.median(paired) * 1000)
+        out[name] = row
+    return out
 
 
 # ── main ─────────────────────────────────────────────────────────────────────────────────────

@@ -181,6 +181,8 @@ def engine_guardrails(cfg: SidecarConfig) -> hooks.Guardrails:
 
 
 def _counts(findings: Sequence[Finding]) -> tuple[tuple[str, str, str, int], ...]:
+    if not findings:
+        return ()
     c = collections.Counter((f.guardrail, f.type, f.action) for f in findings)
     return tuple((g, t, a, n) for (g, t, a), n in sorted(c.items()))
 

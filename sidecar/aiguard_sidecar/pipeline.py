@@ -104,6 +104,16 @@ class _AttemptFailed(Exception):
         self.failure = failure
 
 
+class RelayResponse(web.StreamResponse):
+    """A relayed stream whose status line and headers leave with its first bytes: one write
+    (one TCP segment, one wake-up of the client) instead of two before the first token. The
+    relay prepares it only when it has bytes to write, and ``write_eof`` sends buffered
+    headers too. (``_send_headers_immediately`` is aiohttp's switch for this: ``web.Response``
+    turns it off the same way.)"""
+
+    _send_headers_immediately = False
+
+
 @dataclass(slots=True)
 class _Relayed:
     """A provider error response kept while trying the next target."""
@@ -963,7 +973,7 @@ class Pipeline:
     ) -> web.StreamResponse:
         headers = response_headers(resp.headers)
         headers[REQUEST_ID_HEADER] = rec.request_id
-        out = web.StreamResponse(status=resp.status, headers=headers)
+        out = RelayResponse(status=resp.status, headers=headers)
         await out.prepare(request)
         return out
 

@@ -4,8 +4,13 @@ async, sync and streaming. The provider always sees the real key, never the plac
 from __future__ import annotations
 
 import asyncio
+import json
+
+import pytest
+from aiohttp import web
 
 from aiguard_api.constants import PLACEHOLDER_KEY
+from aiguard_sidecar.pipeline import RelayResponse
 from tests.harness.standin import ProviderStandIn
 from tests.sidecar.conftest import OPENAI_KEY, Sidecar, StartSidecar, make_policy
 
@@ -174,3 +179,68 @@ async def test_route_target_model_pins_the_upstream_model(
         "gpt-4o-2024-08-06",
         "gpt-4o-2024-08-06",
     )
+
+
+async def test_a_relayed_stream_sends_its_headers_with_its_first_bytes() -> None:
+    # The status line and headers leave with the first event (one TCP segment, one wake-up
+    # of the client before its first token), not in a write of their own at prepare().
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        out = RelayResponse(status=200, headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        await release.wait()
+        await out.write(b"data: {}\n\n")
+        await out.write_eof()
+        return out
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        with pytest.raises(TimeoutError):  # prepared, nothing written: nothing on the wire
+            await asyncio.wait_for(reader.read(1), 0.2)
+        release.set()
+        first = await asyncio.wait_for(reader.read(65536), 5)
+    finally:
+        release.set()
+        writer.close()
+        await writer.wait_closed()
+        await runner.cleanup()
+    head, _, rest = first.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"data: {}" in rest, f"the first read held only the headers: {first!r}"
+
+
+async def test_a_stream_relayed_whole_through_a_raw_socket(
+    sidecar: Sidecar, upstream: ProviderStandIn
+) -> None:
+    body = json.dumps({"model": "gpt-4o", "messages": MESSAGES, "stream": True}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.server.port)
+    try:
+        writer.write(
+            b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+            + f"Authorization: Bearer {PLACEHOLDER_KEY}\r\n".encode()
+            + b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, events = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"text/event-stream" in head.lower()
+    assert b"chunked" in head.lower()
+    assert events.count(b"data: {") >= 3
+    assert events.rstrip().endswith(b"0")  # the last chunk of the chunked body
+    assert b"data: [DONE]" in events

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -32,6 +31,7 @@ from aiguard_sidecar.exchange import (
     Api,
     EventAction,
     Exchange,
+    JSONDecodeError,
     ResponseInfo,
     Role,
     Segment,
@@ -71,6 +71,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return doc
 
 
+_UNIQUE_KEYS: Final = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def load_json_object(raw: bytes, *, unique_keys: bool = True) -> dict[str, Any]:
     """The request body as a JSON object, or a 400.
 
@@ -82,7 +85,12 @@ def load_json_object(raw: bytes, *, unique_keys: bool = True) -> dict[str, Any]:
     try:
         # Provider responses (unique_keys off: their bytes are relayed as they are) go through
         # orjson; request bodies through json, whose pairs hook finds a repeated key.
-        doc = json.loads(raw, object_pairs_hook=_unique_keys) if unique_keys else loads(raw)
+        # (json.loads with a hook would build a decoder and its scanner for every body.)
+        doc = (
+            _UNIQUE_KEYS.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+            if unique_keys
+            else loads(raw)
+        )
     except _DuplicateKey as e:
         raise errors.invalid(
             f"aiguard: the request body repeats the key {str(e)[:64]!r}",
@@ -98,7 +106,7 @@ def load_json_object(raw: bytes, *, unique_keys: bool = True) -> dict[str, Any]:
         ) from None
     if not isinstance(doc, dict):
         raise errors.invalid("aiguard: the request body must be a JSON object", code="invalid_json")
-    if unique_keys and _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(doc):
+    if unique_keys and not _is_strict_json(raw) and _has_lone_surrogate(doc):
         # Valid JSON, but not text: it cannot be scanned, hashed for the audit trail or
         # re-encoded for the provider as UTF-8. (A \uD83D\uDE00 pair is one character.)
         raise errors.invalid(
@@ -109,9 +117,16 @@ def load_json_object(raw: bytes, *, unique_keys: bool = True) -> dict[str, Any]:
     return doc
 
 
-# A surrogate in the raw bytes, escaped or UTF-8-encoded (which Python's json reads too): only
-# then is the parsed document searched.
-_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+def _is_strict_json(raw: bytes) -> bool:
+    """Whether orjson reads ``raw``: it refuses a lone surrogate, escaped or UTF-8-encoded, which
+    Python's json reads. Only a body orjson refuses is searched for one (it may also have been
+    refused for ``NaN`` or a number out of a double's range). One orjson pass over the bytes costs
+    a tenth of a regular-expression search for the escape (4 vs 40 µs on 8 KB)."""
+    try:
+        loads(raw)
+    except JSONDecodeError:
+        return False
+    return True
 
 
 def _has_lone_surrogate(value: Any) -> bool:
