@@ -22,8 +22,8 @@ import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.warnings import InsecureKeyLengthWarning
 from multidict import CIMultiDict
@@ -614,3 +614,127 @@ def test_workload_from_the_injectors_downward_api_names() -> None:
         "POD_UID": "0b9c",
     }
     assert Workload.from_env(env) == WORKLOAD
+
+
+# --------------------------------------------------------------------------- hostile tokens
+
+
+def _segments(token: str) -> list[bytes | None]:
+    """The decoded segments of a compact JWS (None where one does not decode)."""
+    out: list[bytes | None] = []
+    for part in token.split("."):
+        try:
+            out.append(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        except (ValueError, TypeError):
+            out.append(None)
+    return out
+
+
+_HOSTILE_HEADERS: list[Any] = [
+    {"alg": "RS256", "kid": ["rsa-1"]},
+    {"alg": "RS256", "kid": {"k": "rsa-1"}},
+    {"alg": "RS256", "kid": 1},
+    {"alg": ["RS256"], "kid": "rsa-1"},
+    {"alg": None, "kid": "rsa-1"},
+    {"alg": "RS256 ", "kid": "rsa-1"},
+    {"alg": "rs256", "kid": "rsa-1"},
+    {"alg": "ES256", "kid": "rsa-1"},  # an RSA key's kid with an EC algorithm
+    {"alg": "PS256", "kid": "rsa-1"},
+    {"alg": "RS256", "kid": "rsa-1", "crit": ["exp"]},
+    {"alg": "RS256", "kid": "rsa-1", "b64": False, "crit": ["b64"]},
+    {"alg": "RS256", "kid": "rsa-1", "jku": "http://127.0.0.1:1/keys"},
+    {"alg": "RS256", "kid": "rsa-1", "jwk": {"kty": "oct", "k": "c2VjcmV0"}},
+    {"alg": "RS256", "kid": "\u0000"},
+    {"alg": "RS256", "kid": "x" * 10_000},
+    [],
+    "RS256",
+    None,
+    1e400,
+]
+
+_HOSTILE_CLAIMS: list[dict[str, Any]] = [
+    {"exp": "tomorrow"},
+    {"exp": True},
+    {"exp": [NOW + 600]},
+    {"exp": 1e308},
+    {"nbf": "now"},
+    {"iat": {"t": 1}},
+    {"aud": [AUD, 1]},
+    {"aud": {"a": AUD}},
+    {"iss": ["x"]},
+    {"sub": 42},
+    {"sub": ""},
+    {"sub": "a" * 100_000},
+    {"sub": "alice\r\nX-Injected: 1"},
+    {"groups": {"eng": True}},
+    {"groups": [["nested"]]},
+    {"groups": "eng," * 10_000},
+]
+
+
+async def _outcome(auth: Authenticator, token: str) -> Principal | None:
+    """The principal, or None when refused with an IdentityError that does not echo it."""
+    reason = ""
+    try:
+        return await auth.authenticate(bearer(token))
+    except IdentityError as e:
+        reason = e.reason
+    assert reason
+    assert len(token) < 20 or token[-20:] not in reason, reason
+    return None
+
+
+async def test_hostile_headers_claims_and_mutations_are_refused_never_crash(env: Env) -> None:
+    """Whatever a client puts in a token, the answer is a user or an IdentityError (a 401
+    in the caller's format), never another exception; a token accepted after a mutation
+    decodes to exactly the valid token (base64url's spare low bits are not signed data)."""
+    import random
+
+    auth = env.auth(algorithms=["RS256", "ES256"])
+    valid = env.token()
+    assert (await auth.authenticate(bearer(valid))).user == "alice"
+    h, p, s = valid.split(".")
+    tokens: list[str] = []  # never a user, unless it decodes to the valid token
+    signed: list[str] = []  # signed by the IdP's key: odd claims are refused or read soundly
+    sig = b64(b"\x00" * 256)
+    for header in _HOSTILE_HEADERS:  # signed or not, the header is refused before any key use
+        raw = json.dumps(header, allow_nan=True).encode()
+        tokens += [f"{b64(raw)}.{p}.{s}", f"{b64(raw)}.{p}.{sig}"]
+    for over in _HOSTILE_CLAIMS:  # properly signed with the published key
+        claims = {**env.claims(), **over}
+        signing_input = f"{b64({'alg': 'RS256', 'kid': 'rsa-1'})}.{b64(claims)}"
+        signature = env.keys.rsa_key.sign(
+            signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()
+        )  # by hand: PyJWT will not encode some of these claims
+        signed.append(f"{signing_input}.{b64(signature)}")
+    rng = random.Random(20261205)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ %\x00é"
+    for _ in range(400):
+        chars = list(valid)
+        for _ in range(rng.choice((1, 1, 2, 5))):
+            i = rng.randrange(len(chars))
+            op = rng.random()
+            if op < 0.6:
+                chars[i] = rng.choice(alphabet)
+            elif op < 0.8:
+                del chars[i]
+            else:
+                chars.insert(i, rng.choice(alphabet))
+        tokens.append("".join(chars))
+    tokens += ["", ".", "..", "...", f"{h}..{s}", f"{h}.{p}", f"{h}.{p}.{s}.{s}", "a.b.c"]
+    for token in signed:
+        principal = await _outcome(auth, token)
+        if principal is None:
+            continue
+        assert principal.user == "alice"
+        assert set(principal.groups) <= {"eng", "ml"}  # odd group claims never add groups
+    original = _segments(valid)
+    accepted = 0
+    for token in tokens:
+        principal = await _outcome(auth, token)
+        if principal is None:
+            continue
+        accepted += 1
+        assert _segments(token) == original, f"a changed token was accepted: {token!r}"
+        assert principal.user == "alice"
+    assert accepted < len(tokens) // 20  # (only spare-bit flips of the valid token pass)
