@@ -3,9 +3,10 @@
 :func:`create_app` builds the proxy application. Shared resources live under
 ``web.AppKey`` keys and are created/closed by ``cleanup_ctx`` generators, in this order:
 
-1. :data:`SESSION`  — the one ``aiohttp.ClientSession`` of the process (a ``TCPConnector`` with
-   connection limits and keep-alive; no cookie jar, no proxy from the environment, no
-   redirects);
+1. :data:`PROVIDERS` — the keep-alive connections to the providers
+   (``upstream_http.ProviderClient``: connection limit, keep-alive, no proxy from the
+   environment, no redirects), and :data:`SESSION`, an ``aiohttp.ClientSession`` for the
+   sidecar's other calls (JWKS and OIDC discovery, the moderation endpoint);
 2. :data:`SECRETS`  — mounted Secret files and their refresh task;
 3. :data:`AUDIT`    — the audit sink: durable spool + shipper to the collector (``audit/``),
    unless the caller passed one;
@@ -52,8 +53,8 @@ from aiguard_sidecar.upstream import (
     SECRET_POLL_SECONDS,
     SecretFiles,
     TLSContexts,
-    TLSRecordingResponse,
 )
+from aiguard_sidecar.upstream_http import ProviderClient
 
 log = logging.getLogger("aiguard.sidecar")
 
@@ -99,6 +100,7 @@ STATE: Final = web.AppKey("state", State)
 AUDIT: Final = web.AppKey("audit", AuditSink)
 GUARDRAILS: Final[web.AppKey[GuardrailsFactory]] = web.AppKey("guardrails")
 SESSION: Final = web.AppKey("session", aiohttp.ClientSession)
+PROVIDERS: Final = web.AppKey("providers", ProviderClient)
 SECRETS: Final = web.AppKey("secrets", SecretFiles)
 TLS: Final = web.AppKey("tls", TLSContexts)
 STORE: Final = web.AppKey("policy_store", PolicyStore)
@@ -139,10 +141,12 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
         trust_env=False,  # never route provider traffic through an environment proxy
         auto_decompress=True,
         raise_for_status=False,
-        response_class=TLSRecordingResponse,
     )
     app[SESSION] = session
+    providers = ProviderClient(limit=s.connection_limit, keepalive_seconds=s.keepalive_seconds)
+    app[PROVIDERS] = providers
     yield
+    await providers.close()
     await session.close()
 
 
@@ -223,7 +227,7 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
     budget = RetryBudget(store.current.cfg.spec.resilience.retry_budget_percent)
     app[PIPELINE] = Pipeline(
         store=store,
-        session=app[SESSION],
+        providers=app[PROVIDERS],
         secrets=secrets,
         tls=tls,
         metrics=metrics,

@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-import aiohttp
 from aiohttp import web
 
 from aiguard_api.policy import FailureMode, Operation, UnscannableAction
@@ -69,6 +68,7 @@ from aiguard_sidecar.upstream import (
     send,
     tls_info,
 )
+from aiguard_sidecar.upstream_http import ProviderClient, ProviderResponse
 
 log = logging.getLogger("aiguard.sidecar.pipeline")
 
@@ -128,7 +128,7 @@ class Pipeline:
         self,
         *,
         store: PolicyStore,
-        session: aiohttp.ClientSession,
+        providers: ProviderClient,
         secrets: SecretFiles,
         tls: TLSContexts,
         metrics: Metrics,
@@ -136,7 +136,7 @@ class Pipeline:
         budget: RetryBudget,
     ) -> None:
         self.store = store
-        self.session = session
+        self.providers = providers
         self.secrets = secrets
         self.tls = tls
         self.metrics = metrics
@@ -687,7 +687,7 @@ class Pipeline:
         ex: Exchange,
         model: str,
         strip: frozenset[str],
-    ) -> aiohttp.ClientResponse:
+    ) -> ProviderResponse:
         """Send one attempt to ``prov``; raises :class:`UpstreamFailure`."""
         key: str | None = None
         if prov.key_path is not None:
@@ -723,7 +723,7 @@ class Pipeline:
         if key is not None:
             headers[prov.dialect.auth_header] = prov.dialect.auth_value(key)
         return await send(
-            self.session,
+            self.providers,
             call,
             headers=headers,
             ssl_context=ssl_context,
@@ -755,7 +755,7 @@ class Pipeline:
         ex: Exchange,
         inbound: Inbound,
         prov: ProviderRuntime,
-        resp: aiohttp.ClientResponse,
+        resp: ProviderResponse,
         start: float,
     ) -> web.StreamResponse:
         status = resp.status
@@ -816,7 +816,7 @@ class Pipeline:
         rec: RequestRecord,
         ex: Exchange,
         inbound: Inbound,
-        resp: aiohttp.ClientResponse,
+        resp: ProviderResponse,
         start: float,
     ) -> web.StreamResponse:
         """Relay SSE chunk by chunk. Until the first byte reaches the client, a broken upstream
@@ -839,7 +839,7 @@ class Pipeline:
         rec: RequestRecord,
         ex: Exchange,
         inbound: Inbound,
-        resp: aiohttp.ClientResponse,
+        resp: ProviderResponse,
         start: float,
         guard: StreamGuard | None,
     ) -> web.StreamResponse:
@@ -969,7 +969,7 @@ class Pipeline:
         return out
 
     async def _start_stream(
-        self, request: web.Request, resp: aiohttp.ClientResponse, rec: RequestRecord
+        self, request: web.Request, resp: ProviderResponse, rec: RequestRecord
     ) -> web.StreamResponse:
         headers = response_headers(resp.headers)
         headers[REQUEST_ID_HEADER] = rec.request_id

@@ -31,6 +31,7 @@ from aiguard_sidecar.metrics import OTEL_PROVIDER
 from aiguard_sidecar.providers import WIRE_OF, Dialect, dialect_for
 from aiguard_sidecar.routing import Breaker, Breakers, RouteTable
 from aiguard_sidecar.upstream import SecretFiles, TLSContexts
+from aiguard_sidecar.upstream_http import Timeouts
 
 log = logging.getLogger("aiguard.sidecar.runtime")
 
@@ -47,7 +48,7 @@ class ProviderRuntime:
     ca_path: Path | None
     min_tls: str
     server_hostname: str | None
-    timeout: aiohttp.ClientTimeout
+    timeout: Timeouts
     breaker: Breaker
 
 
@@ -141,9 +142,7 @@ def _provider(cfg: SidecarConfig, p: Provider, breakers: Breakers) -> ProviderRu
         ca_path=cfg.secret_path(ca.name, ca.key) if ca else None,
         min_tls=p.tls.min_version,
         server_hostname=p.tls.server_name,
-        timeout=aiohttp.ClientTimeout(
-            total=t.total_seconds, sock_connect=t.connect_seconds, sock_read=t.read_seconds
-        ),
+        timeout=Timeouts(connect=t.connect_seconds, read=t.read_seconds, total=t.total_seconds),
         breaker=breakers.get(p.name, p.base_url, cfg.spec.resilience),
     )
 

@@ -17,8 +17,10 @@ TLS
     version and cipher of each response's connection are read from its ``ssl_object``.
 
 One attempt
-    :func:`send` makes one request without redirects, with the provider's timeouts, and turns
-    every client-side failure into an :class:`UpstreamFailure` (connect, TLS, timeout, reset).
+    :func:`send` makes one request over the process's keep-alive provider connections
+    (``upstream_http.ProviderClient``: no redirects, no environment proxy), with the
+    provider's timeouts, and turns every client-side failure into an :class:`UpstreamFailure`
+    (connect, TLS, timeout, reset, a body cut short, a response that is not HTTP).
 """
 
 from __future__ import annotations
@@ -34,10 +36,16 @@ from pathlib import Path
 from typing import Final
 
 import aiohttp
-from aiohttp.connector import Connection
 
 from aiguard_sidecar.providers.base import UpstreamCall
 from aiguard_sidecar.routing import Failure
+from aiguard_sidecar.upstream_http import (
+    BadResponse,
+    ConnectFailure,
+    ProviderClient,
+    ProviderResponse,
+    Timeouts,
+)
 
 log = logging.getLogger("aiguard.sidecar.upstream")
 
@@ -315,31 +323,9 @@ class TLSContexts:
         return ctx if pem is ca_pem or pem == ca_pem else None
 
 
-class TLSRecordingResponse(aiohttp.ClientResponse):
-    """A client response that remembers the TLS version and cipher of its connection.
-
-    Read when the response starts: a small body may release the connection to the pool
-    before the caller looks at it. Installed with ``ClientSession(response_class=...)``.
-    """
-
-    tls_version: str | None = None
-    tls_cipher: str | None = None
-
-    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
-        transport = connection.transport
-        obj = transport.get_extra_info("ssl_object") if transport is not None else None
-        if obj is not None:
-            self.tls_version = obj.version()
-            cipher = obj.cipher()
-            self.tls_cipher = cipher[0] if cipher else None
-        return await super().start(connection)
-
-
-def tls_info(response: aiohttp.ClientResponse) -> tuple[str | None, str | None]:
+def tls_info(response: ProviderResponse) -> tuple[str | None, str | None]:
     """Negotiated TLS version and cipher of the connection that carried ``response``."""
-    if isinstance(response, TLSRecordingResponse):
-        return response.tls_version, response.tls_cipher
-    return None, None
+    return response.tls_version, response.tls_cipher
 
 
 # ── one attempt ──────────────────────────────────────────────────────────────────────────────
@@ -364,6 +350,11 @@ def _ssl_reason(exc: BaseException) -> str:
 
 def classify(exc: BaseException, *, https: bool = False) -> UpstreamFailure:
     """An aiohttp/OS exception as an :class:`UpstreamFailure`."""
+    if isinstance(exc, ConnectFailure):
+        kind = Failure.TIMEOUT if exc.timeout else Failure.CONNECT
+        return UpstreamFailure(kind, exc.detail, tls=exc.tls)
+    if isinstance(exc, BadResponse):
+        return UpstreamFailure(Failure.CONNECT, str(exc))
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return UpstreamFailure(
             Failure.CONNECT, f"TLS certificate verification failed ({_ssl_reason(exc)})", tls=True
@@ -400,31 +391,30 @@ UPSTREAM_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLErr
 
 
 async def send(
-    session: aiohttp.ClientSession,
+    client: ProviderClient,
     call: UpstreamCall,
     *,
     headers: Mapping[str, str],
     ssl_context: ssl.SSLContext | None,
     server_hostname: str | None,
-    timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp applies it to connect and reads
-) -> aiohttp.ClientResponse:
+    timeout: Timeouts,  # noqa: ASYNC109 - connect, read and total, applied by the client
+) -> ProviderResponse:
     """One request. The caller reads (and releases) the response."""
     try:
-        return await session.request(
+        return await client.request(
             call.method,
             call.url,
-            data=call.body,
             headers=headers,
-            ssl=ssl_context if ssl_context is not None else True,
+            body=call.body,
+            timeouts=timeout,
+            ssl_context=ssl_context,
             server_hostname=server_hostname,
-            timeout=timeout,
-            allow_redirects=False,
         )
     except UPSTREAM_ERRORS as e:
         raise classify(e, https=call.url.scheme == "https") from e
 
 
-async def discard(response: aiohttp.ClientResponse, *, limit: int = 1 << 20) -> bytes:
+async def discard(response: ProviderResponse, *, limit: int = 1 << 20) -> bytes:
     """Read a (small, error) body and free the connection; bodies over ``limit`` are cut."""
     chunks: list[bytes] = []
     size = 0
