@@ -385,3 +385,22 @@ async def test_tls_connections_are_verified_recorded_and_kept_per_tls_context(
     finally:
         box[0].server.close()
         await box[0].server.wait_closed()
+
+
+async def test_environment_proxies_are_never_used(
+    serve: Callable[[Handler], Awaitable[Server]],
+    client: ProviderClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Provider traffic carries the provider key: it goes to the policy's provider and
+    # nowhere else, whatever the pod's environment says.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    box: list[Server] = []
+    box.append(await serve(echo(box)))
+    r = await client.request("POST", box[0].url, headers={}, body=b"{}", timeouts=T)
+    assert r.status == 200
+    r.close()
+    assert box[0].requests[0][0] == b"POST /v1/chat/completions HTTP/1.1"  # origin-form
