@@ -309,6 +309,7 @@ def passthrough_main(argv: Sequence[str]) -> int:
         "--upstream", required=True, help="e.g. http://127.0.0.1:PORT/v1/chat/completions"
     )
     ap.add_argument("--key", required=True)
+    ap.add_argument("--stream-upstream", help="where streamed requests go (default: --upstream)")
     args = ap.parse_args(argv)
     import aiohttp
     from aiohttp import web
@@ -317,8 +318,19 @@ def passthrough_main(argv: Sequence[str]) -> int:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024))
         headers = {"Authorization": f"Bearer {args.key}", "Content-Type": "application/json"}
 
-        async def handle(request: web.Request) -> web.Response:
+        async def handle(request: web.Request) -> web.StreamResponse:
             body = await request.read()
+            if b'"stream":true' in body:  # relayed chunk by chunk: the TTFT floor of a relay
+                url = args.stream_upstream or args.upstream
+                async with session.post(url, data=body, headers=headers) as r:
+                    out = web.StreamResponse(
+                        status=r.status, headers={"Content-Type": r.content_type}
+                    )
+                    await out.prepare(request)
+                    async for chunk in r.content.iter_any():
+                        await out.write(chunk)
+                    await out.write_eof()
+                    return out
             async with session.post(args.upstream, data=body, headers=headers) as r:
                 data = await r.read()
                 return web.Response(status=r.status, body=data, content_type="application/json")
@@ -1053,11 +1065,14 @@ class Bench:
                         str(bport),
                         "--upstream",
                         f"http://127.0.0.1:{plain_port}{CHAT_PATH}",
+                        "--stream-upstream",
+                        f"http://127.0.0.1:{stream_port}{CHAT_PATH}",
                         "--key",
                         REAL_KEY,
                     ]
                 ),
             )
+            self.bare_port = bport
             wait_tcp(bport, bp)
             time.sleep(1.0)
             self.proxies["aiohttp-bare"] = ProxyInfo(
@@ -1310,6 +1325,15 @@ class Bench:
                 chat_body(a.ttft_body, model=MODEL_STREAM, stream=True, unique=False),
             ),
         ]
+        if "aiohttp-bare" in self.proxies:  # the floor: a relay that does nothing else
+            targets.append(
+                (
+                    "aiohttp-bare",
+                    f"http://127.0.0.1:{self.bare_port}{CHAT_PATH}",
+                    self.side_headers,
+                    chat_body(a.ttft_body, stream=True, unique=False),
+                )
+            )
         if "sidecar-noguard" in self.proxies:  # the guardrails' share of the overhead
             targets.append(
                 (
@@ -2103,7 +2127,6 @@ def _compare_ttft(
     order = [
         (name, url, direct if name == "direct" else side, body)
         for name, (url, _) in targets.items()
-        if name != "aiohttp-bare"  # (a pass-through: it does not parse SSE)
     ]
     samples = asyncio.run(_ttft_samples(order, n, warmup=20))
     d = common.summarize(samples["direct"]["ttft"])
