@@ -5,7 +5,7 @@ pattern and after ``malloc_trim`` (its tables stay; ``benchmarks.sidecar_proxy r
 measures the sidecar's idle RSS). A serialized database deserializes (``hyperscan.loadb``)
 into about its own size. So every compile of the sidecar goes through :func:`compile_many`:
 
-* a child ``python -I`` (the same interpreter, so the same Hyperscan build) reads the
+* a child ``python -I -B`` (the same interpreter, so the same Hyperscan build) reads the
   expressions from a pipe, compiles each database, and writes ``hyperscan.dumpb`` of it back
   with its SHA-256; nothing touches the disk (the container's root file system is read-only);
 * the parent checks the digest and loads the bytes with ``hyperscan.loadb``, which itself
@@ -173,11 +173,13 @@ def _in_process(spec: Spec) -> Any:
 
 
 def child_command() -> list[str]:
-    """``python -I -c CHILD``: isolated (no current directory or ``PYTHONPATH`` on the path,
-    so no stray ``hyperscan.py`` is imported), the interpreter running the sidecar."""
+    """``python -I -B -c CHILD``: isolated (no current directory or ``PYTHONPATH`` on the
+    path, so no stray ``hyperscan.py`` is imported), writing no bytecode (``-I`` also ignores
+    ``PYTHONDONTWRITEBYTECODE``; the root file system may be read-only), the interpreter
+    running the sidecar."""
     if not sys.executable:
         raise ChildError("no Python interpreter to start (sys.executable is empty)")
-    return [sys.executable, "-I", "-c", _CHILD]
+    return [sys.executable, "-I", "-B", "-c", _CHILD]
 
 
 def _in_child(specs: Sequence[Spec], *, dump: bool) -> list[Any]:
