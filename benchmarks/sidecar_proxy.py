@@ -43,6 +43,7 @@ top functions by cumulative and own time, and own time grouped by module.
     python -m benchmarks.sidecar_proxy --profile-only --keep        # iterate on the hot path
     python -m benchmarks.sidecar_proxy --ttft-only --out /tmp/t.json # streaming only
     python -m benchmarks.sidecar_proxy compare --ref HEAD           # this tree against a commit
+    python -m benchmarks.sidecar_proxy rss          # idle RSS only (a few seconds, no load)
     hack/install-bench-tools.sh                      # wrk + the pinned Portkey gateway
 
 ``compare`` answers "did this change make the sidecar cheaper?" on a noisy box: the bare
@@ -51,6 +52,10 @@ directory, run with ``PYTHONPATH`` pointing at it) and the sidecar of the workin
 pinned to the same core, take turns in short wrk runs (rotating the order each round); the
 result is the median over rounds of each sidecar's CPU per request divided by the bare
 pass-through's of the same round (``benchmarks/results/sidecar_proxy_compare.json``).
+
+``rss`` starts the stand-in and the sidecar (default policy, then every guardrail off) as the
+full run does and reads VmRSS 1 s after ``/readyz`` (``rss_idle_mb``), then after 20 requests
+(``rss_after_mb``: any lazy work the first requests do is in it); ``--out`` writes the JSON.
 
 Budgets (issue 5, item 11; one core, default policy, no NER): ≥ 2,000 req/s, added p50 ≤ 1 ms
 and p99 ≤ 5 ms, idle RSS ≤ 60 MB, TTFT overhead ≤ 1 ms. The box may be shared: the load
@@ -2146,6 +2151,76 @@ def _compare_ttft(
     return out
 
 
+# ── idle RSS only (``python -m benchmarks.sidecar_proxy rss``) ──────────────────────────────
+
+
+def rss_main(argv: Sequence[str]) -> int:
+    """Idle RSS only: start the stand-in and the sidecar (default policy, and with every
+    guardrail off), read VmRSS 1 s after ``/readyz`` (as the full benchmark does), then again
+    after a few requests (the first request's lazy work included). No load, a few seconds."""
+    ap = argparse.ArgumentParser(prog="sidecar_proxy rss")
+    ap.add_argument("--requests", type=int, default=20, help="requests before rss_after_mb")
+    ap.add_argument("--body", type=int, default=2048)
+    ap.add_argument("--no-noguard", action="store_true", help="skip the no-guardrails sidecar")
+    ap.add_argument("--out", help="write the JSON here (default: print only)")
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="aiguard-bench-rss-"))
+    procs = Processes(work)
+    secrets = work / "secrets"
+    (secrets / "openai").mkdir(parents=True)
+    (secrets / "openai" / "api-key").write_text(REAL_KEY)
+    out: dict[str, Any] = {"machine": common.machine(), "sidecars": {}}
+    try:
+        port = common.free_port()
+        st = procs.start(
+            "standin",
+            [
+                *(sys.executable, "-m", "benchmarks.sidecar_proxy", "standin"),
+                *("--port", str(port), "--openai-key", REAL_KEY),
+            ],
+        )
+        wait_tcp(port, st)
+        body = chat_body(args.body)
+        headers = {"Authorization": f"Bearer {PLACEHOLDER_KEY}"}
+        variants = [("sidecar", False)] + ([] if args.no_noguard else [("sidecar-noguard", True)])
+        for name, off in variants:
+            policy = work / f"{name}.policy.yaml"
+            policy.write_text(json.dumps(policy_doc(port, None, None, no_guardrails=off)))
+            sport, admin = common.free_port(), common.free_port()
+            cmd = [*sidecar_command(), "--policy", str(policy)]
+            cmd += ["--listen", f"127.0.0.1:{sport}", "--admin", f"127.0.0.1:{admin}"]
+            cmd += ["--secrets-dir", str(secrets), "--drain-seconds", "1"]
+            cmd += ["--spool-dir", str(work / f"spool-{name}")]
+            t0 = time.monotonic()
+            proc = procs.start(name, cmd, env=WORKLOAD_ENV)
+            common.wait_http("127.0.0.1", admin, "/readyz", proc=proc.popen, timeout=90)
+            startup = time.monotonic() - t0
+            time.sleep(1.0)
+            idle = common.rss_bytes(proc.pid)
+            for _ in range(args.requests):
+                status, _reply = http_post(f"http://127.0.0.1:{sport}{SIDECAR_PATH}", body, headers)
+                if status != 200:
+                    raise RuntimeError(f"{name}: HTTP {status}\n{proc.tail()}")
+            time.sleep(0.2)
+            out["sidecars"][name] = {
+                "startup_seconds": round(startup, 2),
+                "rss_idle_mb": round(idle / 2**20, 1),
+                "rss_after_mb": round(common.rss_bytes(proc.pid) / 2**20, 1),
+                "rss_peak_mb": round(common.rss_peak_bytes(proc.pid) / 2**20, 1),
+                "requests": args.requests,
+            }
+            procs.stop(proc)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    out["load_average_end"] = common.load_average()
+    out["budget_idle_rss_mb"] = BUDGET["idle_rss_mb"]
+    print(json.dumps(out if args.out else {k: out[k] for k in ("sidecars", "load_average_end")}))
+    if args.out:
+        common.write_results(NAME + "_rss", out, out=Path(args.out))
+    return 0
+
+
 # ── main ─────────────────────────────────────────────────────────────────────────────────────
 
 
@@ -2210,6 +2285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return passthrough_main(argv[1:])
     if argv[:1] == ["compare"]:
         return compare_main(argv[1:])
+    if argv[:1] == ["rss"]:
+        return rss_main(argv[1:])
     args = parse_args(argv)
     if args.profile_only:
         args.no_portkey = args.no_tls = args.no_quietlog = args.no_bare = args.no_ttft = True

@@ -1,6 +1,6 @@
 """Hand memory freed after startup and policy loads back to the kernel.
 
-Building a policy (pydantic validation, Hyperscan compiles, loading the classifier files)
+Building a policy (pydantic validation, loading Hyperscan databases and the classifier files)
 allocates and frees tens of megabytes of small blocks. glibc keeps freed blocks in its heaps,
 so the process's resident size stays at its startup peak although the memory is free: about
 9 MB of the sidecar's idle RSS with the default guardrails (``benchmarks.sidecar_proxy``).

@@ -59,8 +59,10 @@ class KeywordGuard:
             rules.append(
                 patterns.literal_rule("keyword", kw, score=1.0, priority=50, tag="keyword")
             )
-        for p in cfg.patterns:
-            rule = patterns.regex_rule("pattern", p, score=1.0, priority=40, tag="pattern")
+        checked = patterns.regex_rules(
+            [("pattern", p) for p in cfg.patterns], score=1.0, priority=40, tag="pattern"
+        )  # every pattern checked in one Hyperscan compile child
+        for p, rule in zip(cfg.patterns, checked, strict=True):
             if rule is None:
                 log.info("deny pattern: not for Hyperscan; Python re scans it")
                 fallback.append(len(rules))

@@ -46,6 +46,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import hyperscan
 
+from aiguard_sidecar.guardrails import hsdb
 from aiguard_sidecar.guardrails import validators as v
 
 # A rule's validator: full text and candidate span in, confidence (0..1) out, None to reject.
@@ -142,14 +143,19 @@ def _on_match(
 def compiles(
     regex: str, *, som: bool = True, caseless: bool = False, ucp: bool = False
 ) -> str | None:
-    """None when Hyperscan accepts ``regex`` with these flags, else its error message."""
-    rule = Rule(entity="X", regex=regex, som=som, caseless=caseless, ucp=ucp)
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    try:
-        db.compile(expressions=[_expression(rule)], ids=[0], elements=1, flags=[_flags(rule)])
-    except hyperscan.error as e:
-        return str(e)
-    return None
+    """None when Hyperscan accepts ``regex`` with these flags, else its error message.
+    Checked in a compile child (:mod:`hsdb`): compiling here would keep Hyperscan's compiler
+    tables resident."""
+    return compiles_many([(regex, som, caseless, ucp)])[0]
+
+
+def compiles_many(items: Sequence[tuple[str, bool, bool, bool]]) -> list[str | None]:
+    """:func:`compiles` for many ``(regex, som, caseless, ucp)`` at once (one child)."""
+    specs = []
+    for regex, som, caseless, ucp in items:
+        rule = Rule(entity="X", regex=regex, som=som, caseless=caseless, ucp=ucp)
+        specs.append(hsdb.Spec((_expression(rule),), (0,), (_flags(rule),)))
+    return hsdb.check_many(specs)
 
 
 # A regex that may treat "?" differently from a non-ASCII character (an escaped or bracketed
@@ -170,17 +176,29 @@ def _ascii_safe(rule: Rule) -> bool:
     return rule.extract is not None or _QUESTION.search(rule.regex) is None
 
 
-def _database(rules: Sequence[Rule], ids: Sequence[int]) -> Any:
-    if not ids:
-        return None
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    db.compile(
-        expressions=[_expression(rules[i]) for i in ids],
-        ids=list(ids),
-        elements=len(ids),
-        flags=[_flags(rules[i]) for i in ids],
+def _spec(rules: Sequence[Rule], ids: Sequence[int]) -> hsdb.Spec:
+    return hsdb.Spec(
+        tuple(_expression(rules[i]) for i in ids),
+        tuple(ids),
+        tuple(_flags(rules[i]) for i in ids),
     )
-    return db
+
+
+def _databases(rules: Sequence[Rule], *id_lists: Sequence[int]) -> list[hsdb.Compiled | None]:
+    """One database per non-empty id list (None for an empty one), compiled together in a
+    child process (:mod:`hsdb`); raises the :class:`hyperscan.error` of a rejected one."""
+    wanted = [ids for ids in id_lists if ids]
+    compiled = iter(hsdb.compile_many([_spec(rules, ids) for ids in wanted]))
+    out: list[hsdb.Compiled | None] = []
+    for ids in id_lists:
+        if not ids:
+            out.append(None)
+            continue
+        res = next(compiled)
+        if isinstance(res, hyperscan.error):
+            raise res
+        out.append(res)
+    return out
 
 
 class Matcher:
@@ -199,8 +217,10 @@ class Matcher:
         scanned = [i for i in range(len(self.rules)) if i not in fallback_ids]
         ascii_ids = [i for i in scanned if _ascii_safe(self.rules[i])]
         utf8_ids = [i for i in scanned if not _ascii_safe(self.rules[i])]
-        self._db: Any = _database(self.rules, ascii_ids)  # scanned over the ASCII view
-        self._udb: Any = _database(self.rules, utf8_ids)  # scanned over UTF-8
+        held = _databases(self.rules, ascii_ids, utf8_ids)
+        self._held = tuple(c for c in held if c is not None)  # keeps shared databases alive
+        self._db: Any = held[0].db if held[0] is not None else None  # over the ASCII view
+        self._udb: Any = held[1].db if held[1] is not None else None  # over UTF-8
         self._local = threading.local()
         self._py: dict[int, re.Pattern[str] | None] = {}
 
@@ -534,15 +554,33 @@ def regex_rule(entity: str, regex: str, *, score: float, priority: int, tag: str
     None when Hyperscan takes it in neither mode, or only in ASCII mode while the pattern
     itself has non-ASCII characters (ASCII mode would never match them where Python's ``re``
     does: ``\\bñandú\\b``): scan it with Python ``re`` alone."""
-    extract = re.compile(regex)
-    for ucp in (True, False):
-        if not ucp and not regex.isascii():
-            break
-        if compiles(regex, ucp=ucp) is None:
-            return Rule(
-                entity, regex, score=score, ucp=ucp, extract=extract, priority=priority, tag=tag
-            )
-    return None
+    return regex_rules([(entity, regex)], score=score, priority=priority, tag=tag)[0]
+
+
+def regex_rules(
+    items: Sequence[tuple[str, str]], *, score: float, priority: int, tag: str
+) -> list[Rule | None]:
+    """:func:`regex_rule` for many ``(entity, regex)``: every Hyperscan check in one child."""
+    checks: list[tuple[str, bool, bool, bool]] = []
+    for _entity, regex in items:
+        checks.append((regex, True, False, True))
+        checks.append((regex, True, False, False))
+    errors = iter(compiles_many(checks))
+    out: list[Rule | None] = []
+    for entity, regex in items:
+        extract = re.compile(regex)
+        ucp_error, ascii_error = next(errors), next(errors)
+        if ucp_error is None:
+            ucp = True
+        elif ascii_error is None and regex.isascii():
+            ucp = False
+        else:
+            out.append(None)
+            continue
+        out.append(
+            Rule(entity, regex, score=score, ucp=ucp, extract=extract, priority=priority, tag=tag)
+        )
+    return out
 
 
 def apply_replacements(text: str, reps: Sequence[tuple[int, int, str]]) -> str:

@@ -190,10 +190,13 @@ class PIIGuard:
             for rule in patterns.PII_RULES.get(entity, ()):
                 rules.append(rule)
                 actions.append(action)
-        for cp in cfg.custom_patterns:
-            custom = patterns.regex_rule(
-                cp.entity, cp.regex, score=CUSTOM_SCORE, priority=90, tag="custom"
-            )
+        checked = patterns.regex_rules(
+            [(cp.entity, cp.regex) for cp in cfg.custom_patterns],
+            score=CUSTOM_SCORE,
+            priority=90,
+            tag="custom",
+        )  # every pattern checked in one Hyperscan compile child
+        for cp, custom in zip(cfg.custom_patterns, checked, strict=True):
             if custom is None:
                 log.info("pii custom pattern %s: not for Hyperscan; Python re scans it", cp.entity)
                 fallback.append(len(rules))

@@ -516,15 +516,19 @@ class RegexSet:
         self._db: Any = None
         self._re: list[re.Pattern[str]] = []
         if _hs is not None and self._patterns:
-            db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+            from aiguard_sidecar.guardrails import hsdb
+
             base = _hs.HS_FLAG_UTF8 | _hs.HS_FLAG_SINGLEMATCH | _hs.HS_FLAG_MULTILINE
-            db.compile(
-                expressions=[p.encode("utf-8") for p in self._patterns],
-                ids=list(range(len(self._patterns))),
-                elements=len(self._patterns),
-                flags=[base | (_hs.HS_FLAG_CASELESS if c else 0) for c in nocase],
+            spec = hsdb.Spec(
+                tuple(p.encode("utf-8") for p in self._patterns),
+                tuple(range(len(self._patterns))),
+                tuple(base | (_hs.HS_FLAG_CASELESS if c else 0) for c in nocase),
             )
-            self._db = db
+            (res,) = hsdb.compile_many([spec])  # in a child process: see hsdb
+            if isinstance(res, _hs.error):
+                raise res
+            self._held = res  # keeps a shared database alive
+            self._db = res.db
             release_freed_memory()
         else:
             self._re = [
@@ -558,8 +562,9 @@ def release_freed_memory() -> None:
     """Give the C heap's free pages back to the OS (:func:`aiguard_sidecar.memory.trim`).
 
     Compiling a Hyperscan database takes ~15 MB of transient C heap for a database of under
-    1 MB; glibc keeps the freed pages, so without this every compiled set would add its peak
-    to the sidecar's idle RSS (benchmarks.guardrails_injection measures it)."""
+    1 MB. Compiles run in a child process (:mod:`hsdb`), but when that fails they run here,
+    and glibc keeps the freed pages: without this every compiled set would add its peak to
+    the sidecar's idle RSS (benchmarks.guardrails_injection measures it)."""
     memory.trim()
 
 

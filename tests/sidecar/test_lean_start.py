@@ -1,0 +1,186 @@
+"""What keeps the idle sidecar small (``benchmarks.sidecar_proxy rss``), as behaviour:
+
+* a started ``aiguard-sidecar`` with the default guardrails compiled every Hyperscan database
+  in a child process (none in its own), and never imported the YAML parser for the JSON
+  config the operator writes; its guardrails still block;
+* a policy reload whose compile fails leaves the last good policy in force and counts a reload
+  failure; when only the compile child fails, the reload compiles in the process instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from aiguard_api.config import compile_policy
+from aiguard_api.policy import AIPolicy
+from aiguard_sidecar.app import STORE
+from aiguard_sidecar.guarding import EngineGuardrails
+from aiguard_sidecar.guardrails import hsdb
+from aiguard_sidecar.hooks import Guardrails
+from tests.harness.polling import until
+from tests.harness.standin import ProviderStandIn
+from tests.sidecar.conftest import SecretVolume, StartSidecar, http_get, make_policy, wait_for
+
+CARD = "4111 1111 1111 1111"
+
+# Runs the sidecar's own ``main`` in the main thread (signals, event loop as in production);
+# a thread waits for /readyz, then writes what the process imported and compiled, and where.
+_WRAPPER = r"""
+import json, os, sys, threading, time, urllib.request
+out, admin = sys.argv[1], sys.argv[2]
+
+def report():
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.05)
+    from aiguard_sidecar.guardrails import hsdb
+    doc = {"modules": sorted(sys.modules), "hsdb": hsdb.stats()}
+    with open(out + ".tmp", "w") as f:
+        json.dump(doc, f)
+    os.replace(out + ".tmp", out)
+
+threading.Thread(target=report, daemon=True).start()
+from aiguard_sidecar.main import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_the_started_sidecar_compiled_in_a_child_and_loaded_no_yaml(
+    tmp_path: Path, upstream: ProviderStandIn, secrets: SecretVolume
+) -> None:
+    doc = make_policy(upstream)
+    doc["spec"].pop("guardrails", None)  # the defaults: PII, secrets, prompt injection
+    cfg = compile_policy(AIPolicy.model_validate(doc), secrets_dir=str(secrets.root))
+    policy = tmp_path / "config.json"
+    policy.write_text(cfg.to_json())  # what the operator writes into the ConfigMap
+    port, admin = free_port(), free_port()
+    report = tmp_path / "report.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WRAPPER, str(report), str(admin),
+        "--policy", str(policy),
+        "--listen", f"127.0.0.1:{port}",
+        "--admin", f"127.0.0.1:{admin}",
+        "--secrets-dir", str(secrets.root),
+        "--spool-dir", str(tmp_path / "spool"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+
+        async def reported() -> bool:
+            if proc.returncode is not None:
+                pytest.fail(f"the sidecar exited with {proc.returncode}")
+            return report.exists()
+
+        await until(reported, "the sidecar to be ready", within=60)
+        seen: dict[str, Any] = json.loads(report.read_text())
+        client = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{port}/openai/v1", api_key="aiguard-placeholder"
+        )
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": f"charge {CARD} now"}]
+            )
+        assert info.value.code == "guardrail_blocked"
+        assert upstream.requests == []
+        await client.close()
+        status, _ = await http_get(f"http://127.0.0.1:{admin}/readyz")
+        assert status == 200
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 15)
+        assert proc.returncode == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    modules = set(seen["modules"])
+    assert "aiguard_sidecar.guardrails.injection" in modules  # the guardrails are loaded ...
+    assert seen["hsdb"]["child"] >= 3  # ... their databases compiled in a child ...
+    assert seen["hsdb"]["in_process"] == 0  # ... none in the sidecar
+    assert seen["hsdb"]["shared"] >= 1  # input and output PII: one database
+    assert not {m for m in modules if m == "yaml" or m.startswith("yaml.")}
+
+
+def _deny(doc: dict[str, Any], *words: str) -> dict[str, Any]:
+    new = copy.deepcopy(doc)
+    new["spec"]["guardrails"] = {
+        "input": {
+            "promptInjection": {"enabled": False},
+            "deny": {"keywords": list(words), "action": "block"},
+        }
+    }
+    return new
+
+
+def guardrails(cfg: Any) -> Guardrails:
+    return EngineGuardrails(cfg)
+
+
+async def _blocked(client: openai.AsyncOpenAI, text: str) -> bool:
+    try:
+        await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": text}]
+        )
+    except openai.BadRequestError as e:
+        return e.code == "guardrail_blocked"
+    return False
+
+
+async def test_a_reload_whose_compile_fails_keeps_the_last_good_policy(
+    start_sidecar: StartSidecar, upstream: ProviderStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = make_policy(upstream)
+    sc = await start_sidecar(_deny(doc, "alphacanary"), guardrails=guardrails)
+    client = sc.openai()
+    assert await _blocked(client, "say alphacanary")
+    good = sc.server.app[STORE].current.hash
+
+    def no_child() -> list[str]:
+        raise hsdb.ChildError("the compile child cannot start")
+
+    def no_compile(spec: hsdb.Spec) -> Any:
+        raise RuntimeError("out of memory compiling")
+
+    # Neither the child nor the process can compile: the new deny list is refused.
+    monkeypatch.setattr(hsdb, "child_command", no_child)
+    monkeypatch.setattr(hsdb, "_in_process", no_compile)
+    sc.write_policy(_deny(doc, "betacanary"))
+    await wait_for(
+        lambda: sc.metric("aiguard_policy_reload_failures_total") == 1, what="rejection", within=30
+    )
+    assert sc.server.app[STORE].current.hash == good
+    assert await _blocked(client, "say alphacanary")
+    assert not await _blocked(client, "say betacanary")
+
+    # Only the child fails: the process compiles it itself, and the policy goes into force.
+    monkeypatch.undo()
+    monkeypatch.setattr(hsdb, "child_command", no_child)
+    before = hsdb.stats()["in_process"]
+    sc.write_policy(_deny(doc, "betacanary", "gammacanary"))
+    await wait_for(lambda: sc.server.app[STORE].current.hash != good, what="the reload", within=30)
+    assert hsdb.stats()["in_process"] > before
+    assert await _blocked(client, "say gammacanary")
+    assert await _blocked(client, "say betacanary")
+    assert not await _blocked(client, "say alphacanary")
+    assert sc.metric("aiguard_policy_reload_failures_total") == 1
