@@ -1,4 +1,4 @@
-# ruff: noqa: RUF003  (Greek letters in comments are meant)
+# ruff: noqa: RUF001, RUF003  (Greek letters and typographic apostrophes are meant)
 """The injection guardrail reads user turns in the context of the request's system prompt.
 
 The system prompt is never scanned as an attack, but what it protects (a password, private data
@@ -74,6 +74,14 @@ def test_ruled_out_topics_are_the_words_after_the_negation_not_the_allowed_ones(
         "Do not translate into any other language."
     )
     assert "trans" not in p.topics
+
+
+@pytest.mark.parametrize("apostrophe", ["'", "’", ""])
+def test_contracted_negations_rule_out_what_follows(apostrophe: str) -> None:
+    p = injection.protection_of(
+        f"You are a school chatbot. Please don{apostrophe}t discuss sports."
+    )
+    assert "sport" in p.topics
 
 
 def test_a_topic_ruled_out_by_is_not_allowed_is_the_phrase_before_it() -> None:

@@ -42,7 +42,7 @@ Which segments are scanned, and why:
                       assistant turns, which may name the secret legitimately. The boosts were
                       set on the training split (cross-validated PurpleLlama cases 132 -> 147
                       of 166 detected; ordinary prompts under its protective system prompts
-                      flagged 1.23 % -> 1.36 %). Held-out PurpleLlama cases (judged against
+                      flagged 1.23 % -> 1.37 %). Held-out PurpleLlama cases (judged against
                       their system prompt): 82.0 % detected without it, 88.5 % with it
                       (benchmarks.guardrails_injection).
     output            not scanned (model output is the moderation guardrail's concern)
@@ -53,16 +53,24 @@ Findings name a type (``prompt_injection``, ``jailbreak``, ``prompt_extraction``
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
+import threading
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 from aiguard_api import policy
 from aiguard_sidecar.guardrails import linear, patterns, textnorm
+
+try:
+    import hyperscan as _hs
+except ImportError:  # pragma: no cover - the sidecar image always has it
+    _hs = None  # type: ignore[assignment]  # _ProtectionScanner falls back to Python's re
+
 from aiguard_sidecar.guardrails.base import Decision, Finding, Role, ScanContext, Segment, Verdict
 
 __all__ = [
@@ -492,46 +500,103 @@ def signature_families(norm: textnorm.Normalized) -> set[str]:
 # Only USER turns get context: assistant turns are the model's own earlier answers, which name
 # the protected things legitimately ("I can't share the password").
 
-_NEGATED_VERB = re.compile(
-    r"\b(?:do\W+not|don'?t|dont|never|not|must\W+not|mustn'?t|cannot|can'?t|no\W+one|nobody"
-    r"|under\W+no\W+circumstances)\W+(?:\w+\W+){0,4}?(?:reveal|share|disclose|tell|give|say"
-    r"|repeat|print|output|leak|mention|expose|provide|divulge|spell|write|show)\b"
-    r"|\b(?:keep|is|are|remains?|stays?)\W+(?:\w+\W+){0,3}?(?:secret|confidential|private"
-    r"|hidden)\b"
+# The system prompt is read with one Hyperscan pass over its case-folded UTF-8 (pattern ids
+# below; Python's re only when Hyperscan is missing). Each whole-text Python regex would cost
+# ~40 µs per 2 KB, and a chat application may send a new system prompt with every request.
+_NEG, _POST, _CLAUSE_END, _PROTECT, _CREDENTIAL_DECL, _KEY_DECL, _PRIVATE, _DATA = range(8)
+_NOT = (
+    r"(?:not|never|no|cannot|don['’]?t|doesn['’]?t|won['’]?t|can['’]?t|shouldn['’]?t|mustn['’]?t)"
 )
-_SECRET_NOUN = (
-    r"(?P<noun>password|passphrase|pass\W?phrase|passcode|pass\W?code|passkey|pin|secret\W+"  # noqa: S105
-    r"(?:key|word|code|phrase|number)|code\W?word|safe\W?word|access\W+code|api\W+key"
-    r"|private\W+key|key|secret)"
+_CREDENTIAL_NOUN = (
+    r"(?:password|passphrase|pass\W?phrase|passcode|pass\W?code|passkey|pin|secret\W+(?:word|code"
+    r"|phrase|number)|code\W?word|safe\W?word|access\W+code|secret)"
 )
-# "The password is 'Piano'", "the secret key: X"; "do not reveal the password"
-_SECRET_DECLARED = (
-    re.compile(rf"\b{_SECRET_NOUN}\b[^.\n]{{0,30}}?(?:\bis\b|:|=)\s*(?:[\"'“‘«]|\S*\d)"),
-    re.compile(
-        rf"\b(?:reveal|share|disclose|tell|give|leak|divulge)\W+(?:\w+\W+){{0,3}}?{_SECRET_NOUN}\b"
-    ),
-)
-_PRIVATE = re.compile(
-    r"\b(?:private|personal|confidential|sensitive|pii)\W+(?:\w+\W+){0,2}?"
-    r"(?:information|info|data|details)\b"
-)
-_DATA = re.compile(r"\b(?:database|records|(?:user|customer|employee|client)\W+data)\b")
-_NAME = re.compile(r"\b[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+)+")
-_SENTENCE = re.compile(r"[.!?;\n]+")
-# A cue ruling out what follows it ("never discuss X", "avoid X", "don't share X") ...
-_NEG_CUE = re.compile(
-    r"\b(?:not|never|no|avoid\w*|refus\w*|n't|dont|cannot|mustn'?t|decline|without)\b"
-)
-# ... or what precedes it ("providing recipes is not allowed")
-_POST_CUE = re.compile(
-    r"\b(?:is|are)\W+(?:\w+\W+)?(?:not\W+(?:allowed|permitted)|prohibited|forbidden|off\W?limits"
-    r"|banned)\b"
-)
-# Where the ruled-out phrase ends: a reason or purpose clause ("..., to maintain focus")
-_CLAUSE_END = re.compile(
+_KEY_NOUN = r"(?:secret\W+key|api\W+key|private\W+key|key)"
+_DECLARED = r"\b{noun}\b[^.\n]{{0,30}}(?:\bis\b|:|=)\s*(?:[\"'“‘«]|\S*\d)"
+_TOLD_NOT = r"\b(?:reveal|share|disclose|tell|give|leak|divulge)\W+(?:\w+\W+){{0,3}}{noun}\b"
+_PROTECTION_PATTERNS: Final[tuple[str, ...]] = (
+    # _NEG: a cue ruling out what follows it ("never discuss X", "avoid X", "don't share X")
+    rf"\b(?:{_NOT}|avoid\w*|refus\w*|dont|mustn['’]?t|decline|without)\b",
+    # _POST: ... or what precedes it ("providing recipes is not allowed")
+    r"\b(?:is|are)\W+(?:\w+\W+)?(?:not\W+(?:allowed|permitted)|prohibited|forbidden"
+    r"|off\W?limits|banned)\b",
+    # _CLAUSE_END: where a ruled-out phrase ends, a reason or purpose ("..., to maintain focus")
     r",\s*(?:to|as|so|because|since|in\W+order|which|but|and\W+instead)\b|\b(?:to\W+maintain"
-    r"|because|since|so\W+that|in\W+order\W+to|due\W+to)\b"
+    r"|because|since|so\W+that|in\W+order\W+to|due\W+to)\b",
+    # _PROTECT: something is not to be revealed, or kept secret
+    rf"\b(?:{_NOT}|must\W+not|no\W+one|nobody|under\W+no\W+circumstances)\W+(?:\w+\W+){{0,4}}"
+    r"(?:reveal|share|disclose|tell|give|say|repeat|print|output|leak|mention|expose|provide"
+    r"|divulge|spell|write|show)\b|\b(?:keep|is|are|remains?|stays?)\W+(?:\w+\W+){0,3}"
+    r"(?:secret|confidential|private|hidden)\b",
+    # _CREDENTIAL_DECL / _KEY_DECL: "The password is 'Piano'", "do not reveal the API key"
+    _DECLARED.format(noun=_CREDENTIAL_NOUN) + "|" + _TOLD_NOT.format(noun=_CREDENTIAL_NOUN),
+    _DECLARED.format(noun=_KEY_NOUN) + "|" + _TOLD_NOT.format(noun=_KEY_NOUN),
+    # _PRIVATE, _DATA
+    r"\b(?:private|personal|confidential|sensitive|pii)\W+(?:\w+\W+){0,2}"
+    r"(?:information|info|data|details)\b",
+    r"\b(?:database|records|(?:user|customer|employee|client)\W+data)\b",
 )
+_WITH_OFFSETS: Final = frozenset({_NEG, _POST, _CLAUSE_END})  # the others: whether, or where ends
+_NAME = re.compile(r"\b[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+)+")
+
+
+_HAVE_HYPERSCAN: bool = _hs is not None
+
+
+class _ProtectionScanner:
+    """Matches of _PROTECTION_PATTERNS as (id, start, end) byte offsets."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._db: Any = None
+        self._re: list[re.Pattern[str]] = []
+        if not _HAVE_HYPERSCAN:  # pragma: no cover - the sidecar image always has Hyperscan
+            self._re = [re.compile(p) for p in _PROTECTION_PATTERNS]
+            return
+        hs = _hs
+        db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        base = hs.HS_FLAG_UTF8 | hs.HS_FLAG_MULTILINE
+        db.compile(
+            expressions=[p.encode("utf-8") for p in _PROTECTION_PATTERNS],
+            ids=list(range(len(_PROTECTION_PATTERNS))),
+            elements=len(_PROTECTION_PATTERNS),
+            flags=[
+                base
+                | (hs.HS_FLAG_SOM_LEFTMOST if i in _WITH_OFFSETS else 0)
+                | (hs.HS_FLAG_SINGLEMATCH if i >= _PROTECT else 0)
+                for i in range(len(_PROTECTION_PATTERNS))
+            ],
+        )
+        self._db = db
+        textnorm.release_freed_memory()
+
+    def scan(self, data: bytes) -> list[tuple[int, int, int]]:
+        out: list[tuple[int, int, int]] = []
+        if self._db is None:  # pragma: no cover
+            text = data.decode("utf-8", "replace")
+            for i, rx in enumerate(self._re):
+                for m in rx.finditer(text):
+                    start = len(text[: m.start()].encode("utf-8", "replace"))
+                    end = start + len(m.group(0).encode("utf-8", "replace"))
+                    out.append((i, start, end))
+            return out
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = _hs.Scratch(self._db)
+            self._local.scratch = scratch
+        self._db.scan(data, match_event_handler=_append, context=out, scratch=scratch)
+        return out
+
+
+def _append(pattern_id: int, start: int, end: int, _flags: int, out: list[Any]) -> None:
+    out.append((pattern_id, start, end))
+
+
+@lru_cache(maxsize=1)
+def _protection_scanner() -> _ProtectionScanner:
+    return _ProtectionScanner()
+
+
 _LETTERS = re.compile(r"[^\W\d_]{4,}")
 # Words of instructions themselves, not of a topic: "Do not discuss the topic of X" rules out X.
 _GENERIC_WORDS = (
@@ -554,14 +619,17 @@ _GENERIC_WORDS = (
 )
 
 
+_COMBINING: Final = dict.fromkeys(
+    c for c in range(0x300, 0x370) if unicodedata.combining(chr(c))
+)  # the accents NFKD splits off Latin letters
+
+
 def _stem(word: str) -> str:
     """A crude, language-blind stem: accents stripped, the first five letters ("politics",
     "political" → "polit"; "música" → "music"). Good enough to match a topic across
     inflections and the cognates of other European languages."""
     if not word.isascii():
-        word = "".join(
-            c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c)
-        )
+        word = unicodedata.normalize("NFKD", word).translate(_COMBINING)
     return word[:5]
 
 
@@ -590,53 +658,76 @@ class Protection:
 NO_PROTECTION: Final = Protection()
 
 
+_SENTENCE_ENDS: Final = (b".", b"!", b"?", b";", b"\n")
+
+
+def _sentence_end(data: bytes, pos: int) -> int:
+    ends = [i for i in (data.find(c, pos) for c in _SENTENCE_ENDS) if i >= 0]
+    return min(ends, default=len(data))
+
+
+def _sentence_start(data: bytes, pos: int) -> int:
+    return max(data.rfind(c, 0, pos) for c in _SENTENCE_ENDS) + 1
+
+
 def protection_of(system_text: str) -> Protection:
-    """Read what a system prompt protects (pure Python regexes: once per distinct prompt, the
-    guardrail caches the result)."""
+    """Read what a system prompt protects: one Hyperscan pass, then Python over the few short
+    clauses that rule something out (the guardrail caches the result per system prompt)."""
     if not system_text or system_text.isspace():
         return NO_PROTECTION
-    norm = textnorm.normalize(system_text).text
-    protective = _NEGATED_VERB.search(norm) is not None
-    credential = key = False
-    if protective:
-        for regex in _SECRET_DECLARED:
-            for m in regex.finditer(norm):
-                if "key" in m.group("noun"):
-                    key = True
-                else:
-                    credential = True
-    data = _DATA.search(norm) is not None
-    private = protective and (data or _PRIVATE.search(norm) is not None)
+    data = system_text.casefold().encode("utf-8", "replace")
+    found: dict[int, list[tuple[int, int]]] = {}
+    for i, start, end in _protection_scanner().scan(data):
+        found.setdefault(i, []).append((start, end))
+    protective = _PROTECT in found
+    credential = protective and _CREDENTIAL_DECL in found
+    key = protective and _KEY_DECL in found
+    holds_data = _DATA in found
+    private = protective and (holds_data or _PRIVATE in found)
     names: set[str] = set()
-    if private or data:
+    if private or holds_data:
         for m in _NAME.finditer(system_text):
             names.update(w.casefold() for w in m.group(0).split() if len(w) > 2)
-    allowed: set[str] = set()
-    ruled_out: set[str] = set()
-    for sentence in _SENTENCE.split(norm):
-        cues = list(_NEG_CUE.finditer(sentence))
-        posts = list(_POST_CUE.finditer(sentence))
-        if not cues and not posts:
-            allowed |= _stems(sentence)
-            continue
-        for c in cues:
-            rest = sentence[c.end() :]
-            end = _CLAUSE_END.search(rest)
-            ruled_out |= _stems(rest[: end.start()] if end else rest)
-        for c in posts:
-            head = sentence[: c.start()]
-            ruled_out |= _stems(head[head.rfind(",") + 1 :])
-    found = Protection(
+    # the clauses that rule something out: from a cue to the end of its sentence or clause
+    # ("never discuss politics, to stay neutral"), or from the sentence's start (or its last
+    # comma) to a trailing cue ("providing recipes is not allowed")
+    stops = sorted({start for start, _ in found.get(_CLAUSE_END, ())})
+    spans: list[tuple[int, int]] = []
+    for _, end in found.get(_NEG, ()):
+        j = bisect.bisect_left(stops, end)
+        stop = stops[j] if j < len(stops) else len(data)
+        spans.append((end, min(_sentence_end(data, end), stop)))
+    for start, _ in found.get(_POST, ()):
+        begin = _sentence_start(data, start)
+        spans.append((data.rfind(b",", begin, start) + 1 or begin, start))
+    if not spans:
+        topics: frozenset[str] = frozenset()
+    else:
+        spans.sort()
+        ruled_out: set[str] = set()
+        outside: list[bytes] = []
+        pos = 0
+        for a, b in spans:
+            ruled_out |= _stems(data[a:b].decode("utf-8", "ignore"))
+            outside.append(data[pos:a])
+            pos = max(pos, b)
+        outside.append(data[pos:])
+        # what the prompt also speaks of outside those clauses is its subject, not a ruled-out
+        # topic ("translate into French ... do not translate into any other language")
+        rest = b" ".join(outside).decode("utf-8", "ignore")
+        topics = frozenset(t for t in ruled_out if t not in rest)
+    result = Protection(
         credential=credential,
         key=key,
         private=private,
-        data=data,
+        data=holds_data,
         names=frozenset(names),
-        topics=frozenset(ruled_out - allowed),
+        topics=topics,
     )
-    return found if found else NO_PROTECTION  # the guardrail tests identity, which is cheaper
+    return result if result else NO_PROTECTION  # the guardrail tests identity, which is cheaper
 
 
+_PYTHON_REGEX_MAX_CHARS: Final = 16384  # Python's re runs at ~20 µs per KB per pattern
 # "the password policy", "your password manager": about passwords, not the protected one
 _CREDENTIAL_COMPOUND = re.compile(
     _expand(
@@ -660,35 +751,40 @@ def context_families(protection: Protection, norm: textnorm.Normalized) -> tuple
     out: set[str] = set()
     if not protection:
         return out, 0
-    hits = {
-        CONTEXT_SIGNATURES[i].family
-        for i in _context_set().matches_utf8(norm.text.encode("utf-8", "replace"))
-    }
+    hits: set[str] = set()
+    if protection.credential or protection.key or protection.private or protection.data:
+        hits = {
+            CONTEXT_SIGNATURES[i].family
+            for i in _context_set().matches_utf8(norm.text.encode("utf-8", "replace"))
+        }
     if (
         protection.credential
         and "ctx_credential" in hits
-        and _credential_ref()(_CREDENTIAL_COMPOUND.sub(" ", norm.text)) is not None
+        and (
+            len(norm.text) > _PYTHON_REGEX_MAX_CHARS  # a Hyperscan hit has to do
+            or _credential_ref()(_CREDENTIAL_COMPOUND.sub(" ", norm.text)) is not None
+        )
     ) or (protection.key and "ctx_key" in hits):
         out.add("context_secret")
-    words: set[str] | None = None
-    if protection.private:
-        if "ctx_user" in hits:
-            out.add("context_private")
-        elif "ctx_personal" in hits and protection.names:
-            words = set(norm.words)
-            if words & protection.names:
-                out.add("context_private")
-    if (protection.private or protection.data) and "ctx_data" in hits:
+    if (
+        (protection.private and "ctx_user" in hits)
+        or (
+            protection.private
+            and "ctx_personal" in hits
+            and not protection.names.isdisjoint(norm.words)
+        )
+        or ((protection.private or protection.data) and "ctx_data" in hits)
+    ):
         out.add("context_private")
     topics = 0
     if protection.topics:
-        if norm.text.isascii():  # a word starting with the stem: substring search, in C
-            joined = " " + " ".join(norm.words)
-            found = sum(1 for t in protection.topics if " " + t in joined)
-        else:
-            if words is None:
-                words = set(norm.words)
-            found = len({_stem(w) for w in words if len(w) >= 4} & protection.topics)
+        # a word starting with the stem: a substring search in C, accents stripped first
+        words = norm.words
+        joined = " " + " ".join(words)
+        if not joined.isascii():
+            foreign = [w for w in words if not w.isascii()]
+            joined += " " + unicodedata.normalize("NFKD", " ".join(foreign)).translate(_COMBINING)
+        found = sum(1 for t in protection.topics if " " + t in joined)
         topics = min(found, CONTEXT_TOPIC_MAX)
         if topics:
             out.add("context_topic")
@@ -768,6 +864,7 @@ class PromptInjectionGuardrail:
         self.model = linear.load_compact(MODEL_NAME)
         _signature_set()  # compile now, not on the first request
         _context_set()
+        _protection_scanner()
         self._roles = SCANNED_ROLES | (INDIRECT_ROLES if cfg.scan_tool_results else frozenset())
         # A score depends on the text, on whether it came from a tool or a document
         # (INDIRECT_ROLES) and, for user turns, on what the system prompt protects. Chat
@@ -789,11 +886,10 @@ class PromptInjectionGuardrail:
 
     def protection(self, segments: Sequence[Segment]) -> Protection:
         """What the request's system segments protect (NO_PROTECTION without any)."""
-        system = ""
-        for seg in segments:
-            if seg.role is Role.SYSTEM and seg.text:
-                system = f"{system}\n{seg.text}" if system else seg.text
-        return self._protection(system) if system else NO_PROTECTION
+        system = [seg.text for seg in segments if seg.role is Role.SYSTEM and seg.text]
+        if not system:
+            return NO_PROTECTION
+        return self._protection(system[0] if len(system) == 1 else "\n".join(system))
 
     def scores(self, segments: Sequence[Segment]) -> list[tuple[Segment, Score]]:
         """The score of every segment this guardrail scans, user turns read in the context of
@@ -820,11 +916,18 @@ class PromptInjectionGuardrail:
             return verdict
         action = self.cfg.action
         protection = self.protection(segments)
+        roles, threshold = self._roles, self.cfg.threshold
         for seg in segments:
-            if seg.role not in self._roles or not seg.text or seg.text.isspace():
+            role, text = seg.role, seg.text
+            if role not in roles or not text or text.isspace():
                 continue
-            s = self._score(seg, protection)
-            if s.score < self.cfg.threshold:
+            if role in INDIRECT_ROLES:
+                s = self._indirect(text)
+            elif protection is NO_PROTECTION or role is not Role.USER:
+                s = self._direct(text)
+            else:
+                s = self._score(seg, protection)
+            if s.score < threshold:
                 continue
             kind = "indirect_injection" if seg.role in INDIRECT_ROLES else s.type
             verdict.findings.append(
