@@ -233,6 +233,24 @@ SIGNATURES: Final[tuple[Signature, ...]] = (
       r"(?:निर्देशों|निर्देश)\S*\s+(?:\S+\s+){0,2}(?:अनदेखी|अनदेखा|नज़रअंदाज़|नजरअंदाज|भूल)"
       r"|(?:تجاهل|انس)\s+(?:\S+\s+){0,3}(?:التعليمات|الأوامر|التوجيهات)"
       r"|(?:talimatları|talimatlari)\s+(?:\S+\s+){0,2}(?:yok say|görmezden gel|unut)"),
+    # more of the world's widely spoken languages, the imperative "ignore" + "instructions"
+    # (written from the languages' common phrasings, not from any evaluation row): Indonesian/
+    # Malay, Polish, Czech/Slovak, Swedish/Danish/Norwegian, Romanian, Vietnamese, Persian,
+    # Hebrew, Thai, Hungarian. "Forget" is left out where "don't forget the instructions" is
+    # everyday speech.
+    S("ignore_previous_more", "override",
+      r"\b(?:abaikan|acuhkan)\s+(?:\S+\s+){0,3}(?:instruksi|petunjuk|arahan|perintah|arahan)"
+      r"|\b(?:zignoruj|ignoruj|ignorujte)\s+(?:\S+\s+){0,3}(?:instrukcj\S*|instrukc\S*|polece\S*"
+      r"|pokyn\S*|wytyczn\S*)"
+      r"|\b(?:ignorera|ignorer|ignorér)\s+(?:\S+\s+){0,3}(?:instruktion\S*|instruks\S*"
+      r"|anvisning\S*|instrukser\S*)"
+      r"|\b(?:ignoră|ignora|ignorați|ignorati)\s+(?:\S+\s+){0,3}(?:instrucțiuni\S*"
+      r"|instructiuni\S*|instrucţiuni\S*)"
+      r"|bỏ qua[^\n]{0,24}(?:hướng dẫn|chỉ dẫn|chỉ thị)"
+      r"|(?:دستورالعمل|دستورات)[^\n]{0,30}نادیده"
+      r"|התעל[םמ]\S*\s+(?:\S+\s+){0,3}\S*הוראות"
+      r"|(?:เพิกเฉย|ไม่ต้องสนใจ)[^\n]{0,24}คําสั่ง"  # NFKC form (as normalised text has it)
+      r"|utasítás\S*[^\n]{0,30}figyelmen kívül|figyelmen kívül[^\n]{0,30}utasítás"),
     # ---- chat templates and forged turns ------------------------------------------------
     S("chatml_tokens", "chat_template",
       r"<\|\s*(?:im_start|im_end|im_sep|system|user|assistant|endoftext|start_header_id"
@@ -800,7 +818,7 @@ def signature_boost(
     if role not in INDIRECT_ROLES:
         families -= INDIRECT_ONLY_FAMILIES
     topics = 0
-    if context and role is Role.USER:
+    if context is not NO_PROTECTION and role is Role.USER:
         ctx, topics = context_families(context, norm)
         families |= ctx
     boost = sum(FAMILY_BOOST[f] for f in families)
