@@ -677,15 +677,23 @@ NO_PROTECTION: Final = Protection()
 
 
 _SENTENCE_ENDS: Final = (b".", b"!", b"?", b";", b"\n")
+# Bounds, so that no system prompt costs more than linear time: a clause is read up to
+# MAX_CLAUSE bytes from its cue, at most MAX_CUES cues count, and only the first
+# MAX_SYSTEM_CHARS characters of a system prompt are read.
+MAX_CLAUSE: Final = 300
+MAX_CUES: Final = 64
+MAX_SYSTEM_CHARS: Final = 65536
 
 
 def _sentence_end(data: bytes, pos: int) -> int:
-    ends = [i for i in (data.find(c, pos) for c in _SENTENCE_ENDS) if i >= 0]
-    return min(ends, default=len(data))
+    limit = min(pos + MAX_CLAUSE, len(data))
+    ends = [i for i in (data.find(c, pos, limit) for c in _SENTENCE_ENDS) if i >= 0]
+    return min(ends, default=limit)
 
 
 def _sentence_start(data: bytes, pos: int) -> int:
-    return max(data.rfind(c, 0, pos) for c in _SENTENCE_ENDS) + 1
+    floor = max(pos - MAX_CLAUSE, 0)
+    return max(max(data.rfind(c, floor, pos) for c in _SENTENCE_ENDS) + 1, floor)
 
 
 def protection_of(system_text: str) -> Protection:
@@ -693,7 +701,7 @@ def protection_of(system_text: str) -> Protection:
     clauses that rule something out (the guardrail caches the result per system prompt)."""
     if not system_text or system_text.isspace():
         return NO_PROTECTION
-    data = system_text.casefold().encode("utf-8", "replace")
+    data = system_text[:MAX_SYSTEM_CHARS].casefold().encode("utf-8", "replace")
     found: dict[int, list[tuple[int, int]]] = {}
     for i, start, end in _protection_scanner().scan(data):
         found.setdefault(i, []).append((start, end))
@@ -704,18 +712,18 @@ def protection_of(system_text: str) -> Protection:
     private = protective and (holds_data or _PRIVATE in found)
     names: set[str] = set()
     if private or holds_data:
-        for m in _NAME.finditer(system_text):
+        for m in _NAME.finditer(system_text, 0, MAX_SYSTEM_CHARS):
             names.update(w.casefold() for w in m.group(0).split() if len(w) > 2)
     # the clauses that rule something out: from a cue to the end of its sentence or clause
     # ("never discuss politics, to stay neutral"), or from the sentence's start (or its last
     # comma) to a trailing cue ("providing recipes is not allowed")
     stops = sorted({start for start, _ in found.get(_CLAUSE_END, ())})
     spans: list[tuple[int, int]] = []
-    for _, end in found.get(_NEG, ()):
+    for _, end in found.get(_NEG, ())[:MAX_CUES]:
         j = bisect.bisect_left(stops, end)
         stop = stops[j] if j < len(stops) else len(data)
         spans.append((end, min(_sentence_end(data, end), stop)))
-    for start, _ in found.get(_POST, ()):
+    for start, _ in found.get(_POST, ())[:MAX_CUES]:
         begin = _sentence_start(data, start)
         spans.append((data.rfind(b",", begin, start) + 1 or begin, start))
     if not spans:
@@ -907,7 +915,8 @@ class PromptInjectionGuardrail:
         system = [seg.text for seg in segments if seg.role is Role.SYSTEM and seg.text]
         if not system:
             return NO_PROTECTION
-        return self._protection(system[0] if len(system) == 1 else "\n".join(system))
+        text = system[0] if len(system) == 1 else "\n".join(system)
+        return self._protection(text[:MAX_SYSTEM_CHARS])  # all protection_of reads
 
     def scores(self, segments: Sequence[Segment]) -> list[tuple[Segment, Score]]:
         """The score of every segment this guardrail scans, user turns read in the context of
