@@ -20,7 +20,8 @@ What it does
        vocabulary with linear.NORM_FLOOR. Picks C and the weight of ordinary prompts by 5-fold
        cross-validation on the training side (objective: detection at TARGET_FPR false
        positives on ordinary prompts, scored as injection.score_text does: signature boosts
-       added, a strong signature family always firing), fits, keeps the TOP_K strongest
+       added, a row with a system prompt read in its context, a strong signature family
+       always firing), fits, keeps the TOP_K strongest
        n-grams, refits on them, and sets ``offset`` so the default threshold 0.5 sits at
        TARGET_FPR of the cross-validated scores. Written as linear.CompactModel (vocabulary
        strings + 16-bit fixed-point weights).
@@ -247,18 +248,18 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 # Injection
 
 
-def injection_boosts(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Signature and evasion boosts as injection.score_text adds them (user role), and whether a
-    strong family fired (then score_text lifts the logit to STRONG_FLOOR: the text fires at the
-    default threshold whatever the classifier says)."""
+def injection_boosts(rows: Sequence[data.Row]) -> tuple[np.ndarray, np.ndarray]:
+    """Signature, evasion and context boosts as injection.score_text adds them (user role; a
+    row with a ``system_prompt``, PurpleLlama's, read in the context of its system prompt as
+    the sidecar reads a request's system message), and whether a strong family fired (then
+    score_text lifts the logit to STRONG_FLOOR: the text fires at the default threshold
+    whatever the classifier says)."""
     out = []
     strong = []
-    for t in texts:
-        norm = textnorm.normalize(t)
-        fams = injection.signature_families(norm) - injection.INDIRECT_ONLY_FAMILIES
-        b = sum(injection.FAMILY_BOOST[f] for f in fams)
-        b += sum(injection.EVASION_BOOST.get(e, 0.0) for e in norm.evasions)
-        out.append(min(b, injection.BOOST_CAP))
+    for r in rows:
+        context = injection.protection_of(str(r.extras.get("system_prompt") or ""))
+        b, fams = injection.signature_boost(textnorm.normalize(r.text), context=context)
+        out.append(b)
         strong.append(bool(fams & injection.STRONG_FAMILIES))
     return np.array(out), np.array(strong)
 
@@ -299,7 +300,7 @@ def train_injection(
     seed = np.array([r.file.startswith("seed:") for r in train])
     benign = np.array([data.is_ordinary_prompt(r) for r in train]) | seed
     feats = featurise([r.text for r in train])
-    boosts, strong = injection_boosts([r.text for r in train])
+    boosts, strong = injection_boosts(train)
     idx = np.arange(len(train))
     log(f"injection: {len(train)} training rows ({int(y.sum())} attacks, {int(seed.sum())} seed)")
     best: tuple[float, float, float] | None = None
