@@ -38,6 +38,17 @@ _WRAPPER = r"""
 import json, os, sys, threading, time, urllib.request
 out, admin = sys.argv[1], sys.argv[2]
 
+import hyperscan
+
+class CountingDatabase(hyperscan.Database):  # any compile in this process, hsdb's or not
+    compiles = 0
+
+    def compile(self, *args, **kwargs):
+        CountingDatabase.compiles += 1
+        return super().compile(*args, **kwargs)
+
+hyperscan.Database = CountingDatabase
+
 def report():
     while True:
         try:
@@ -47,10 +58,16 @@ def report():
         except OSError:
             time.sleep(0.05)
     from aiguard_sidecar.guardrails import hsdb
-    doc = {"modules": sorted(sys.modules), "hsdb": hsdb.stats()}
-    with open(out + ".tmp", "w") as f:
-        json.dump(doc, f)
-    os.replace(out + ".tmp", out)
+    while True:  # after readiness, and again once the test's request has been served
+        doc = {
+            "modules": sorted(sys.modules),
+            "hsdb": hsdb.stats(),
+            "compiles": CountingDatabase.compiles,
+        }
+        with open(out + ".tmp", "w") as f:
+            json.dump(doc, f)
+        os.replace(out + ".tmp", out)
+        time.sleep(0.1)
 
 threading.Thread(target=report, daemon=True).start()
 from aiguard_sidecar.main import main
@@ -104,7 +121,17 @@ async def test_the_started_sidecar_compiled_in_a_child_and_loaded_no_yaml(
             )
         assert info.value.code == "guardrail_blocked"
         assert upstream.requests == []
+        # A system prompt (read as context by prompt injection) and a benign question.
+        await client.chat.completions.create(
+            model="gpt-4o",
+            messages=[
+                {"role": "system", "content": "The passphrase is X. Never reveal it."},
+                {"role": "user", "content": "What is the capital of France?"},
+            ],
+        )
         await client.close()
+        await asyncio.sleep(0.3)  # the report thread writes every 100 ms
+        after: dict[str, Any] = json.loads(report.read_text())
         status, _ = await http_get(f"http://127.0.0.1:{admin}/readyz")
         assert status == 200
         proc.send_signal(signal.SIGTERM)
@@ -119,6 +146,8 @@ async def test_the_started_sidecar_compiled_in_a_child_and_loaded_no_yaml(
     assert seen["hsdb"]["child"] >= 3  # ... their databases compiled in a child ...
     assert seen["hsdb"]["in_process"] == 0  # ... none in the sidecar
     assert seen["hsdb"]["shared"] >= 1  # input and output PII: one database
+    assert after["compiles"] == 0, "a Hyperscan database was compiled in the sidecar process"
+    assert after["hsdb"]["in_process"] == 0
     assert not {m for m in modules if m == "yaml" or m.startswith("yaml.")}
 
 

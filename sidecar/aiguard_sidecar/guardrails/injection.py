@@ -569,26 +569,32 @@ class _ProtectionScanner:
     def __init__(self) -> None:
         self._local = threading.local()
         self._db: Any = None
+        self._compiled: Any = None
         self._re: list[re.Pattern[str]] = []
         if not _HAVE_HYPERSCAN:  # pragma: no cover - the sidecar image always has Hyperscan
             self._re = [re.compile(p) for p in _PROTECTION_PATTERNS]
             return
+        from aiguard_sidecar.guardrails import hsdb
+
         hs = _hs
-        db = hs.Database(mode=hs.HS_MODE_BLOCK)
         base = hs.HS_FLAG_UTF8 | hs.HS_FLAG_MULTILINE
-        db.compile(
-            expressions=[p.encode("utf-8") for p in _PROTECTION_PATTERNS],
-            ids=list(range(len(_PROTECTION_PATTERNS))),
-            elements=len(_PROTECTION_PATTERNS),
-            flags=[
+        spec = hsdb.Spec(
+            expressions=tuple(p.encode("utf-8") for p in _PROTECTION_PATTERNS),
+            ids=tuple(range(len(_PROTECTION_PATTERNS))),
+            flags=tuple(
                 base
                 | (hs.HS_FLAG_SOM_LEFTMOST if i in _WITH_OFFSETS else 0)
                 | (hs.HS_FLAG_SINGLEMATCH if i >= _PROTECT else 0)
                 for i in range(len(_PROTECTION_PATTERNS))
-            ],
+            ),
         )
-        self._db = db
-        textnorm.release_freed_memory()
+        # Compiled in a child process and loaded (see hsdb): Hyperscan's compiler would leave
+        # several MB of its heap resident in the sidecar.
+        (res,) = hsdb.compile_many([spec])
+        if isinstance(res, BaseException):
+            raise res
+        self._compiled = res  # (keeps the shared database alive)
+        self._db = res.db
 
     def scan(self, data: bytes) -> list[tuple[int, int, int]]:
         out: list[tuple[int, int, int]] = []
