@@ -334,3 +334,92 @@ def test_any_jwks_document_gives_a_key_set_or_a_clean_refusal(doc: Any) -> None:
     assert keys.all, "a key set is never empty"
     for k in keys.all:
         assert k.kid is None or keys.by_kid[k.kid]
+
+
+# ── the provider client (upstream_http.ProviderClient): whatever a provider (or whoever
+# answers in its place) sends back, in whatever pieces, the caller gets the body or one of the
+# exceptions upstream.classify turns into a 502/504, never anything else. ──────────────────
+
+
+def _provider_exchange(pieces: list[bytes], *, read: bool = True) -> tuple[str, bytes]:
+    """Serve ``pieces`` (written one by one) as the answer to one request; the client's
+    outcome: ("ok", body) or ("error", exception type name)."""
+    import asyncio
+
+    from yarl import URL
+
+    from aiguard_sidecar.upstream import UPSTREAM_ERRORS, classify
+    from aiguard_sidecar.upstream_http import ProviderClient, Timeouts
+
+    async def run() -> tuple[str, bytes]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+                for p in pieces:
+                    writer.write(p)
+                    await writer.drain()
+                    await asyncio.sleep(0)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = ProviderClient(limit=4)
+        try:
+            try:
+                r = await client.request(
+                    "POST",
+                    URL(f"http://127.0.0.1:{port}/v1/chat/completions"),
+                    headers={},
+                    body=b"{}",
+                    timeouts=Timeouts(connect=2, read=2, total=5),
+                )
+                body = await r.read() if read else b""
+                r.release()
+            except UPSTREAM_ERRORS as e:
+                classify(e)  # never raises: every failure has a reason
+                return "error", type(e).__name__.encode()
+            return "ok", body
+        finally:
+            await client.close()
+            server.close()
+            await server.wait_closed()
+
+    return asyncio.run(run())
+
+
+_OK_BODY = b'{"id":"chatcmpl-1","choices":[{"message":{"content":"hi"}}]}'
+_RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(_OK_BODY), _OK_BODY),
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + b"%x\r\n%s\r\n0\r\n\r\n" % (len(_OK_BODY), _OK_BODY),
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n" + _OK_BODY,
+]
+
+
+@FAST
+@given(st.sampled_from(_RESPONSES), st.lists(st.integers(min_value=1, max_value=400), max_size=6))
+def test_any_split_of_a_provider_response_gives_the_same_body(
+    response: bytes, cuts: list[int]
+) -> None:
+    assert _provider_exchange(cut(response, cuts)) == ("ok", _OK_BODY)
+
+
+@FAST
+@given(
+    st.sampled_from(_RESPONSES),
+    st.integers(min_value=0, max_value=200),
+    st.binary(max_size=64),
+)
+def test_a_damaged_or_truncated_provider_response_is_a_classified_error(
+    response: bytes, at: int, junk: bytes
+) -> None:
+    # The bytes are whatever the peer sent: a body (junk may complete a length, a cut may
+    # land after the response) or an exception upstream.classify names; anything else (a
+    # parser error leaking, an assertion) fails inside _provider_exchange.
+    outcome, _ = _provider_exchange([response[:at] + junk])
+    assert outcome in {"ok", "error"}
