@@ -295,7 +295,7 @@ def slope_mb_per_min(samples: list[dict[str, float]], skip_seconds: float) -> fl
     return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else None
 
 
-async def run(minutes: float, concurrency: int) -> dict[str, Any]:
+async def run(minutes: float, concurrency: int, *, keep: bool = False) -> dict[str, Any]:
     from tests.harness.standin import ProviderStandIn
 
     work = Path(tempfile.mkdtemp(prefix="aiguard-soak-"))
@@ -390,7 +390,10 @@ async def run(minutes: float, concurrency: int) -> dict[str, Any]:
         collector.stop()
         standin_thread.stop()
     events, problems, distinct = await count_events(work / "collector.db")
-    shutil.rmtree(work, ignore_errors=True)
+    if keep:
+        print(f"soak: kept {work} (sidecar.log, collector.db)")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     per_minute = [
         {
             "minute": m,
@@ -446,10 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=env_minutes)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args(argv)
     minutes = min(max(args.minutes, 0.25), MAX_MINUTES)
     print(f"soak: {minutes:g} min, {args.concurrency} clients, faults in ~{FAULT_RATE:.0%}")
-    doc = asyncio.run(run(minutes, args.concurrency))
+    doc = asyncio.run(run(minutes, args.concurrency, keep=args.keep))
     doc["machine"] = common.machine()
     path = common.write_results(NAME, doc, out=args.out)
     mem, fds = doc["memory"], doc["fds"]
