@@ -130,7 +130,12 @@ async def test_the_started_sidecar_compiled_in_a_child_and_loaded_no_yaml(
             ],
         )
         await client.close()
-        await asyncio.sleep(0.3)  # the report thread writes every 100 ms
+        served = report.stat().st_mtime_ns
+
+        async def reported_again() -> bool:  # (the report thread rewrites it every 100 ms)
+            return report.stat().st_mtime_ns > served
+
+        await until(reported_again, "a report written after the requests", within=10)
         after: dict[str, Any] = json.loads(report.read_text())
         status, _ = await http_get(f"http://127.0.0.1:{admin}/readyz")
         assert status == 200
