@@ -187,6 +187,7 @@ class ProviderClient:
         self._active: set[_Connection] = set()
         self._slots = asyncio.Semaphore(limit) if limit > 0 else None
         self._closed = False
+        self._swept = 0.0
 
     # ── requests ─────────────────────────────────────────────────────────────────────────────
 
@@ -308,6 +309,7 @@ class ProviderClient:
                 if conn.usable() and now - conn.idle_since < self.keepalive_seconds:
                     return conn, True
                 conn.close()
+            del self._idle[key]
         return await self._connect(key, url, connect_timeout, ssl_context), False
 
     async def _connect(
@@ -356,11 +358,31 @@ class ProviderClient:
         self._active.discard(conn)
         if self._slots is not None:
             self._slots.release()
+        now = asyncio.get_running_loop().time()
+        if now - self._swept >= min(self.keepalive_seconds, 1.0):
+            self._sweep(now)
         if not reuse or self._closed or not conn.usable():
             conn.close()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = now
         self._idle.setdefault(conn.key, deque()).append(conn)
+
+    def _sweep(self, now: float) -> None:
+        """Close idle connections past their keep-alive or closed by the provider, for every
+        key: a key no request uses any more (a TLS context replaced when its CA bundle
+        rotated, a provider gone from the policy) is dropped with its connections."""
+        self._swept = now
+        for key in list(self._idle):
+            kept: deque[_Connection] = deque()
+            for c in self._idle[key]:
+                if c.usable() and now - c.idle_since < self.keepalive_seconds:
+                    kept.append(c)
+                else:
+                    c.close()
+            if kept:
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
 
     def _drop(self, conn: _Connection) -> None:
         self._active.discard(conn)

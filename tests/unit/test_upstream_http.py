@@ -405,3 +405,28 @@ async def test_environment_proxies_are_never_used(
     assert r.status == 200
     r.close()
     assert box[0].requests[0][0] == b"POST /v1/chat/completions HTTP/1.1"  # origin-form
+
+
+async def test_idle_connections_of_a_key_no_longer_used_are_closed_and_dropped(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    # Keep-alive 0: every idle connection is past it at the next release. Requests to a
+    # second provider (another key) sweep the first one's idle connection away: a key that
+    # nothing asks for any more (a rotated TLS context, a removed provider) holds nothing.
+    box: list[Server] = []
+    box.append(await serve(echo(box)))
+    other: list[Server] = []
+    other.append(await serve(echo(other)))
+    client = ProviderClient(limit=8, keepalive_seconds=0)
+    try:
+        r = await client.request("POST", box[0].url, headers={}, body=b"{}", timeouts=T)
+        await r.read()
+        r.release()
+        assert client.idle_connections() == 1
+        r = await client.request("POST", other[0].url, headers={}, body=b"{}", timeouts=T)
+        await r.read()
+        r.release()
+        assert client.idle_connections() == 1  # the second provider's, just released
+        assert len(client._idle) == 1
+    finally:
+        await client.close()
