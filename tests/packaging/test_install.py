@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import pytest
 import trustme
 import yaml
 
+from tests.harness.ports import free_port
 from tests.harness.standin import ProviderStandIn, StandInThread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,12 +75,6 @@ def installed_packages(venv: Path) -> set[str]:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return set(out.split())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, bytes]:

@@ -27,6 +27,7 @@ from aiguard_sidecar.guarding import EngineGuardrails
 from aiguard_sidecar.guardrails import hsdb
 from aiguard_sidecar.hooks import Guardrails
 from tests.harness.polling import until
+from tests.harness.ports import free_port
 from tests.harness.standin import ProviderStandIn
 from tests.sidecar.conftest import SecretVolume, StartSidecar, http_get, make_policy, wait_for
 
@@ -73,14 +74,6 @@ threading.Thread(target=report, daemon=True).start()
 from aiguard_sidecar.main import main
 sys.exit(main(sys.argv[3:]))
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_the_started_sidecar_compiled_in_a_child_and_loaded_no_yaml(

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from tests.harness.ports import free_port
 from tests.harness.standin import ProviderStandIn
 from tests.sidecar.conftest import (
     LoopWatchdog,
@@ -23,12 +23,6 @@ from tests.sidecar.conftest import (
     http_get,
     make_policy,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def run_sidecar(*args: str) -> asyncio.subprocess.Process:

@@ -225,20 +225,25 @@ async def test_requests_past_the_limit_wait_for_a_connection(
 async def test_a_provider_that_does_not_answer_times_out_on_read(
     serve: Callable[[Handler], Awaitable[Server]], client: ProviderClient
 ) -> None:
+    done = asyncio.Event()
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
         await read_request(reader)
-        await asyncio.sleep(5)
+        await done.wait()  # never answers while the client waits
         return False
 
     server = await serve(silent)
-    with pytest.raises(TimeoutError) as info:
-        await client.request(
-            "POST",
-            server.url,
-            headers={},
-            body=b"{}",
-            timeouts=Timeouts(connect=1, read=0.2, total=3),
-        )
+    try:
+        with pytest.raises(TimeoutError) as info:
+            await client.request(
+                "POST",
+                server.url,
+                headers={},
+                body=b"{}",
+                timeouts=Timeouts(connect=1, read=0.2, total=3),
+            )
+    finally:
+        done.set()
     assert classify(info.value).failure is Failure.TIMEOUT
 
 
