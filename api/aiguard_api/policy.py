@@ -25,7 +25,11 @@ from pydantic.alias_generators import to_camel
 
 
 class Model(BaseModel):
-    """Base of every resource model: camelCase aliases, unknown fields rejected."""
+    """Base of every resource model: camelCase aliases, unknown fields rejected.
+
+    ``defer_build``: a model's validator and serializer are built on its first use, not when
+    the class is defined. The sidecar validates in a child process and only unpickles the result
+    (``aiguard_sidecar/policy_load.py``), so it never builds them (~3.5 MB of its idle RSS)."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -33,6 +37,7 @@ class Model(BaseModel):
         extra="forbid",
         use_enum_values=False,
         validate_default=True,
+        defer_build=True,
     )
 
 

@@ -145,9 +145,9 @@ def _read_file(secret_path: SecretPath, ref: SecretKeyRef) -> bytes | None:
 
 def build_cached(spec: AIPolicySpec, secret_path: SecretPath) -> Engines:
     """Build (or reuse) the engines of ``spec``. Blocking: call it in a worker thread."""
-    key = hashlib.sha256(
-        f"{spec.failure_mode.value}\n{spec.guardrails.model_dump_json()}".encode()
-    ).hexdigest()
+    # The models' repr names every field and value (nested models too) without pydantic's
+    # serializer, which this process never builds (policy_load.py). Equal specs, equal repr.
+    key = hashlib.sha256(f"{spec.failure_mode.value}\n{spec.guardrails!r}".encode()).hexdigest()
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None and all(_read_file(secret_path, r) == v for r, v in hit.secrets.items()):

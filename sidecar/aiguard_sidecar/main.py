@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from aiguard_api import audit, constants
-from aiguard_api.config import ConfigError, load_config
-from aiguard_sidecar import logs, memory
+from aiguard_api.config import ConfigError
+from aiguard_sidecar import logs, memory, policy_load
 from aiguard_sidecar.app import Settings, SidecarServer
 from aiguard_sidecar.audit.sink import AuditSettings
 from aiguard_sidecar.identity import Workload
@@ -190,7 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        namespace = load_config(args.policy, secrets_dir=args.secrets_dir).policy.namespace
+        data = Path(args.policy).read_bytes()
+    except OSError as e:
+        error = f"{args.policy}: cannot read: {e.strerror}"
+        log.error("cannot load the policy", extra={"fields": {"error": error}})
+        return 2
+    try:
+        # Validated in a child (policy_load): kept, so the store's first load reuses it.
+        namespace = policy_load.parse(data, str(args.policy), args.secrets_dir).policy.namespace
     except ConfigError as e:
         log.error("cannot load the policy", extra={"fields": {"error": str(e)}})
         return 2

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from aiguard_api.config import ConfigError, SidecarConfig, parse_config
-from aiguard_sidecar import memory
+from aiguard_sidecar import memory, policy_load
 from aiguard_sidecar.metrics import Metrics
 from aiguard_sidecar.runtime import Runtime
 
@@ -35,6 +35,9 @@ POLICY_POLL_SECONDS: Final = 1.0
 
 Signature = tuple[int, int, int, int]
 Builder = Callable[[SidecarConfig, Runtime | None], Awaitable[Runtime]]
+Parser = Callable[[bytes, str, str | None], SidecarConfig]
+"""A policy file's bytes, its name, the secrets directory override → the validated config
+(blocking; :class:`ConfigError` for a policy that cannot be used)."""
 
 
 def _stat(path: Path) -> Signature | None:
@@ -54,12 +57,9 @@ async def _trim() -> None:
     await asyncio.to_thread(memory.trim)
 
 
-def _parse(data: bytes, source: str, secrets_dir: str | None) -> SidecarConfig:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{source}: not UTF-8: {e}") from e
-    return parse_config(text, source=source, secrets_dir=secrets_dir)
+def parse_here(data: bytes, source: str, secrets_dir: str | None) -> SidecarConfig:
+    """Validate in this process (builds pydantic's validators here: see ``policy_load``)."""
+    return parse_config(policy_load.decode(data, source), source=source, secrets_dir=secrets_dir)
 
 
 class PolicyStore:
@@ -70,9 +70,11 @@ class PolicyStore:
         builder: Builder,
         metrics: Metrics,
         secrets_dir: str | None = None,
+        parse: Parser = policy_load.parse,
     ) -> None:
         self.path = path
         self._builder = builder
+        self._parse = parse
         self._metrics = metrics
         self._secrets_dir = secrets_dir
         self._current: Runtime | None = None
@@ -147,7 +149,7 @@ class PolicyStore:
         if self._current is not None and digest == self._digest:
             self._signature = sig
             return False
-        cfg = await asyncio.to_thread(_parse, data, str(self.path), self._secrets_dir)
+        cfg = await asyncio.to_thread(self._parse, data, str(self.path), self._secrets_dir)
         previous = self._current
         runtime = await self._builder(cfg, previous)
         self._current = runtime

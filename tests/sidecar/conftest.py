@@ -456,6 +456,10 @@ async def start_sidecar(tmp_path: Path, secrets: SecretVolume) -> AsyncIterator[
             "policy_poll_seconds": 0.05,
             "secret_poll_seconds": 0.05,
             "drain_seconds": 5.0,
+            # In this process: the tests build the validators anyway, and a child per start
+            # and reload would add ~0.3 s each (the child path: tests/unit/test_policy_load.py,
+            # tests/sidecar/test_lean_start.py).
+            "validate_in_child": False,
         }
         options.update(settings)
         server = SidecarServer(

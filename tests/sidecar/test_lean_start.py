@@ -1,8 +1,11 @@
 """What keeps the idle sidecar small (``benchmarks.sidecar_proxy rss``), as behaviour:
 
 * a started ``aiguard-sidecar`` with the default guardrails compiled every Hyperscan database
-  in a child process (none in its own), and never imported the YAML parser for the JSON
-  config the operator writes; its guardrails still block;
+  in a child process (none in its own), validated its policy in a child once (no pydantic
+  validator built in its own), and never imported the YAML parser for the JSON config the
+  operator writes; its guardrails still block;
+* policy reloads validated in a child: a valid one goes into force, an invalid one is refused
+  with its reason and the last good policy stays;
 * a policy reload whose compile fails leaves the last good policy in force and counts a reload
   failure; when only the compile child fails, the reload compiles in the process instead.
 """
@@ -22,6 +25,7 @@ import pytest
 
 from aiguard_api.config import compile_policy
 from aiguard_api.policy import AIPolicy
+from aiguard_sidecar import policy_load
 from aiguard_sidecar.app import STORE
 from aiguard_sidecar.guarding import EngineGuardrails
 from aiguard_sidecar.guardrails import hsdb
@@ -58,12 +62,19 @@ def report():
                     break
         except OSError:
             time.sleep(0.05)
+    from aiguard_api.config import SidecarConfig
+    from aiguard_api.policy import AIPolicySpec, Guardrails
+    from aiguard_sidecar import policy_load
     from aiguard_sidecar.guardrails import hsdb
     while True:  # after readiness, and again once the test's request has been served
         doc = {
             "modules": sorted(sys.modules),
             "hsdb": hsdb.stats(),
             "compiles": CountingDatabase.compiles,
+            "policy_load": policy_load.stats(),
+            "validators": [
+                m.__pydantic_complete__ for m in (SidecarConfig, AIPolicySpec, Guardrails)
+            ],
         }
         with open(out + ".tmp", "w") as f:
             json.dump(doc, f)
@@ -147,6 +158,10 @@ async def test_the_started_sidecar_compiled_in_a_child_and_loaded_no_yaml(
     assert after["compiles"] == 0, "a Hyperscan database was compiled in the sidecar process"
     assert after["hsdb"]["in_process"] == 0
     assert not {m for m in modules if m == "yaml" or m.startswith("yaml.")}
+    # The policy was validated once, in a child; no pydantic validator was built here.
+    assert after["policy_load"] == {"child": 1, "in_process": 0, "cached": 1}
+    assert after["validators"] == [False, False, False]
+    assert "pydantic.plugin._loader" not in set(after["modules"])
 
 
 def _deny(doc: dict[str, Any], *words: str) -> dict[str, Any]:
@@ -172,6 +187,38 @@ async def _blocked(client: openai.AsyncOpenAI, text: str) -> bool:
     except openai.BadRequestError as e:
         return e.code == "guardrail_blocked"
     return False
+
+
+async def test_reloads_validated_in_a_child_take_good_policies_and_refuse_bad_ones(
+    start_sidecar: StartSidecar, upstream: ProviderStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    # (Words of their own: built guardrails are cached process-wide by content.)
+    doc = make_policy(upstream)
+    sc = await start_sidecar(
+        _deny(doc, "deltacanary"), guardrails=guardrails, validate_in_child=True
+    )
+    client = sc.openai()
+    before = policy_load.stats()
+
+    sc.write_policy(_deny(doc, "epsiloncanary"))
+    await wait_for(lambda: sc.metric("aiguard_policy_reloads_total") == 1, what="the reload")
+    assert await _blocked(client, "say epsiloncanary")
+    good = sc.server.app[STORE].current.hash
+
+    bad = _deny(doc, "zetacanary")
+    bad["spec"]["guardrails"]["input"]["deny"]["action"] = "explode"
+    sc.write_policy(bad)
+    await wait_for(
+        lambda: sc.metric("aiguard_policy_reload_failures_total") == 1, what="the refusal"
+    )
+    assert sc.server.app[STORE].current.hash == good
+    assert await _blocked(client, "say epsiloncanary")
+    assert not await _blocked(client, "say zetacanary")
+    [refusal] = [r for r in caplog.records if r.getMessage().startswith("policy reload rejected")]
+    assert "spec.guardrails.input.deny.action" in refusal.fields["error"]  # type: ignore[attr-defined]
+    after = policy_load.stats()
+    assert after["child"] - before["child"] == 1  # the good one; the bad one was refused
+    assert after["in_process"] == before["in_process"]
 
 
 async def test_a_reload_whose_compile_fails_keeps_the_last_good_policy(
