@@ -743,6 +743,8 @@ WORKLOAD_ENV = {
     "AIGUARD_POD_NAMESPACE": "bench",
     "AIGUARD_POD_SERVICE_ACCOUNT": "bench-app",
     "AIGUARD_POD_NAME": "bench-pod",
+    # as the image runs the sidecar (Dockerfile.sidecar): docstrings and asserts not loaded
+    "PYTHONOPTIMIZE": "2",
 }
 
 

@@ -70,6 +70,7 @@ WORKLOAD_ENV = {
     "AIGUARD_POD_NAMESPACE": "soak",
     "AIGUARD_POD_SERVICE_ACCOUNT": "soak-app",
     "AIGUARD_POD_NAME": "soak-pod",
+    "PYTHONOPTIMIZE": "2",  # as the image runs the sidecar (Dockerfile.sidecar)
 }
 
 

@@ -14,7 +14,8 @@
 #  1. a throwaway build venv gets setuptools + wheel (requirements/build.txt) and the aiguard
 #     wheel is built there without build isolation (so nothing unhashed is fetched);
 #  2. VENV gets the component's lockfile with --require-hashes --no-deps --only-binary=:all:,
-#     then the aiguard wheel with --no-deps: it holds the locked packages and aiguard only.
+#     then the aiguard wheel with --no-deps: it holds the locked packages and aiguard only;
+#  3. for the sidecar, bytecode at optimization level 2 too (the image runs PYTHONOPTIMIZE=2).
 #
 # AIGUARD_WHEELHOUSE=DIR (tests; the images leave it unset) installs from the wheels in DIR
 # (--no-index), downloading the missing ones there first (pip download, the same hashes): the
@@ -78,3 +79,10 @@ locked_install "$work/build/bin/python" requirements/build.txt --no-compile
 locked_install "$venv/bin/python" "$lockfile"
 "${pip[@]}" --python "$venv/bin/python" install --quiet --no-deps "$work"/wheels/aiguard-*.whl
 "${pip[@]}" --python "$venv/bin/python" check
+
+# 3. the sidecar runs with PYTHONOPTIMIZE=2 (Dockerfile.sidecar: docstrings and asserts are not
+#    loaded, ~1.7 MB of its idle RSS): its bytecode at that level (*.opt-2.pyc) is compiled here,
+#    as pip compiled the plain level, since the image's root file system is read-only.
+if [[ $component == sidecar* ]]; then
+  "$venv/bin/python" -OO -m compileall -q -j0 "$venv/lib" >/dev/null
+fi

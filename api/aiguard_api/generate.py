@@ -354,7 +354,9 @@ def generated_files(crds_dir: Path, docs: Path) -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        description="Generate the CRDs and the policy reference from the models."
+    )
     ap.add_argument("--crds", type=Path, default=Path("crds"))
     ap.add_argument("--docs", type=Path, default=Path("docs/policy-reference.md"))
     ap.add_argument("--check", action="store_true", help="fail if the files differ")

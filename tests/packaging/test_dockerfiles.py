@@ -188,6 +188,13 @@ def test_read_only_root_friendly_environment(component: str) -> None:
     assert f"PATH={VENV}/bin:" in env
 
 
+def test_the_sidecar_runs_optimized() -> None:
+    """Level 2: docstrings and asserts not loaded (idle RSS); install-venv.sh compiled that
+    level's bytecode (tests/packaging/test_install.py runs the installed sidecar so)."""
+    env = " ".join(dockerfile("sidecar").runtime.all("ENV"))
+    assert "PYTHONOPTIMIZE=2" in env
+
+
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_oci_labels(component: str) -> None:
     df = dockerfile(component)

@@ -15,6 +15,7 @@ checked against the lockfile's hashes on each install): a first run downloads ~5
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -99,9 +100,11 @@ def post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def running(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent, env=env)
     try:
         yield proc
     finally:
@@ -190,7 +193,14 @@ def test_the_sidecar_extra_alone_runs_the_sidecar(
         "--spool-dir", str(tmp_path / "spool"),
     ]  # fmt: skip
     log = tmp_path / "sidecar.log"
-    with running(argv, log) as proc:
+    # As the image runs it (Dockerfile.sidecar): optimized, from bytecode compiled at install.
+    image_env = {**os.environ, "PYTHONOPTIMIZE": "2", "PYTHONDONTWRITEBYTECODE": "1"}
+    site = next((venv / "lib").glob("python3.*/site-packages"))
+    for module in ("aiguard_sidecar/pipeline", "aiguard_api/policy", "aiohttp/web_protocol"):
+        source = site / f"{module}.py"
+        level2 = Path(importlib.util.cache_from_source(str(source), optimization=2))
+        assert level2.exists(), f"{module}: no level-2 bytecode; the image would compile at start"
+    with running(argv, log, image_env) as proc:
         wait_until(lambda: get(f"http://127.0.0.1:{admin}/readyz")[0] == 200, "/readyz", proc, log)
         assert get(f"http://127.0.0.1:{admin}/healthz")[0] == 200
 

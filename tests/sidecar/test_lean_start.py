@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -106,6 +107,7 @@ async def test_the_started_sidecar_compiled_in_a_child_and_loaded_no_yaml(
         "--spool-dir", str(tmp_path / "spool"),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONOPTIMIZE": "2"},  # as the image runs it (Dockerfile.sidecar)
     )  # fmt: skip
     try:
 
