@@ -2,8 +2,8 @@
 
 * a started ``aiguard-sidecar`` with the default guardrails compiled every Hyperscan database
   in a child process (none in its own), validated its policy in a child once (no pydantic
-  validator built in its own), and never imported the YAML parser for the JSON config the
-  operator writes; its guardrails still block;
+  validator built in its own), built its classifier model in a child, and never imported the
+  YAML parser for the JSON config the operator writes; its guardrails still block;
 * policy reloads validated in a child: a valid one goes into force, an invalid one is refused
   with its reason and the last good policy stays;
 * a policy reload whose compile fails leaves the last good policy in force and counts a reload
@@ -66,13 +66,14 @@ def report():
     from aiguard_api.config import SidecarConfig
     from aiguard_api.policy import AIPolicySpec, Guardrails
     from aiguard_sidecar import policy_load
-    from aiguard_sidecar.guardrails import hsdb
+    from aiguard_sidecar.guardrails import hsdb, linear
     while True:  # after readiness, and again once the test's request has been served
         doc = {
             "modules": sorted(sys.modules),
             "hsdb": hsdb.stats(),
             "compiles": CountingDatabase.compiles,
             "policy_load": policy_load.stats(),
+            "linear": linear.stats(),
             "validators": [
                 m.__pydantic_complete__ for m in (SidecarConfig, AIPolicySpec, Guardrails)
             ],
@@ -163,6 +164,8 @@ async def test_the_started_sidecar_compiled_in_a_child_and_loaded_no_yaml(
     # The policy was validated once, in a child; no pydantic validator was built here.
     assert after["policy_load"] == {"child": 1, "in_process": 0, "cached": 1}
     assert after["validators"] == [False, False, False]
+    # The prompt-injection model was built in a child and unmarshalled here.
+    assert after["linear"] == {"child": 1, "in_process": 0}
     assert "pydantic.plugin._loader" not in set(after["modules"])
 
 
