@@ -64,7 +64,7 @@ fuzz: setup ## coverage-guided fuzzing of the parsers for longer (AIGUARD_FUZZ_S
 	AIGUARD_FUZZ_SECONDS=$${AIGUARD_FUZZ_SECONDS:-300} $(PY) -m pytest -q tests/fuzz/test_fuzzers.py
 
 crds: setup ## regenerate crds/ and docs/policy-reference.md from the aiguard_api models
-	$(PY) -m aiguard_api.generate --crds crds --docs docs/policy-reference.md
+	$(PY) -m aiguard_api.generate --crds crds --docs docs/policy-reference.md --view api/aiguard_api/view.py
 
 .PHONY: chart chart-goldens
 chart: crds ## regenerate the chart's CRD copies, RBAC rules, values.schema.json and README

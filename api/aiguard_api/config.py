@@ -23,9 +23,10 @@ import json
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from aiguard_api import constants
+from aiguard_api import constants, view
+from aiguard_api.errors import ConfigError as ConfigError
 from aiguard_api.policy import AIPolicy, AIPolicySpec, Model
 
 CONFIG_API_VERSION: Final = "aiguard.dev/sidecar-config/v1"
@@ -51,10 +52,6 @@ class SidecarConfig(Model):
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no whitespace): the bytes in the ConfigMap."""
         return canonical_json(self.model_dump(mode="json", by_alias=True))
-
-
-class ConfigError(ValueError):
-    """A policy file that cannot be used; the message says why and where."""
 
 
 def canonical_json(obj: Any) -> str:
@@ -151,3 +148,23 @@ def load_config(path: str | Path, *, secrets_dir: str | None = None) -> SidecarC
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8: {e}") from e
     return parse_config(text, source=str(p), secrets_dir=secrets_dir)
+
+
+def to_view(cfg: SidecarConfig) -> view.SidecarConfig:
+    """The config as plain, immutable data (:mod:`aiguard_api.view`): what the sidecar reads."""
+    out = view_of(cfg)
+    assert isinstance(out, view.SidecarConfig)
+    return out
+
+
+def view_of(value: Any) -> Any:
+    """Any validated model (or list, dict of them) as its :mod:`aiguard_api.view` form."""
+    if isinstance(value, BaseModel):
+        cls = getattr(view, type(value).__name__)
+        fields = type(value).model_fields
+        return cls(**{name: view_of(getattr(value, name)) for name in fields})
+    if isinstance(value, list):
+        return [view_of(v) for v in value]
+    if isinstance(value, dict):
+        return {k: view_of(v) for k, v in value.items()}
+    return value

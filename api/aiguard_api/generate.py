@@ -1,6 +1,8 @@
-"""Generate the CRDs and the policy reference from the models.
+"""Generate the CRDs, the policy reference and the sidecar's config view from the models.
 
     python -m aiguard_api.generate --crds crds --docs docs/policy-reference.md   (= make crds)
+
+(The view, ``aiguard_api/view.py``, is :mod:`aiguard_api.generate_view`'s.)
 
 pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3 schema: no
 ``$ref``, no ``anyOf`` over types, ``additionalProperties`` never beside ``properties``,
@@ -20,6 +22,7 @@ import yaml
 from pydantic import BaseModel
 
 from aiguard_api import constants
+from aiguard_api.generate_view import view_module
 from aiguard_api.policy import (
     AIIncidentSpec,
     AIIncidentStatus,
@@ -347,9 +350,13 @@ def policy_reference() -> str:
     return "\n".join(out) + "\n"
 
 
-def generated_files(crds_dir: Path, docs: Path) -> dict[Path, str]:
+VIEW = Path(__file__).resolve().parent / "view.py"
+
+
+def generated_files(crds_dir: Path, docs: Path, view: Path = VIEW) -> dict[Path, str]:
     files = {crds_dir / n: text for n, text in crd_files().items()}
     files[docs] = policy_reference()
+    files[view] = view_module()
     return files
 
 
@@ -359,10 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--crds", type=Path, default=Path("crds"))
     ap.add_argument("--docs", type=Path, default=Path("docs/policy-reference.md"))
+    ap.add_argument("--view", type=Path, default=VIEW, help="the generated aiguard_api/view.py")
     ap.add_argument("--check", action="store_true", help="fail if the files differ")
     args = ap.parse_args(argv)
     stale = []
-    for path, text in generated_files(args.crds, args.docs).items():
+    for path, text in generated_files(args.crds, args.docs, args.view).items():
         current = path.read_text() if path.exists() else None
         if current == text:
             continue

@@ -1,8 +1,10 @@
 """The AIPolicy and AIIncident resources, as typed models.
 
-These models are the single source of truth: the CRDs in ``crds/`` and the policy reference in
-``docs/policy-reference.md`` are generated from them (``make crds``), the operator validates
-with them, and the sidecar reads the compiled form of them (``aiguard_api.config``).
+These models are the single source of truth: the CRDs in ``crds/``, the policy reference in
+``docs/policy-reference.md`` and the sidecar's plain view of the compiled config
+(``aiguard_api/view.py``) are generated from them (``make crds``), the operator validates with
+them, and the sidecar reads the compiled form of them (``aiguard_api.config``) as that view.
+Enums, literal types and defaults are in :mod:`aiguard_api.policy_types` (re-exported here).
 
 Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python. Every
 field has a description and a default where a safe one exists. Safe means: deny by default,
@@ -11,7 +13,6 @@ TLS 1.3, fail closed.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -19,6 +20,64 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from aiguard_api.policy_types import (
+    DEFAULT_JWT_ALGORITHMS as DEFAULT_JWT_ALGORITHMS,
+)
+from aiguard_api.policy_types import (
+    DEFAULT_PII_ENTITIES as DEFAULT_PII_ENTITIES,
+)
+from aiguard_api.policy_types import (
+    SEVERITY_ORDER as SEVERITY_ORDER,
+)
+from aiguard_api.policy_types import (
+    ContentCapture as ContentCapture,
+)
+from aiguard_api.policy_types import (
+    DetectAction as DetectAction,
+)
+from aiguard_api.policy_types import (
+    FailoverCause as FailoverCause,
+)
+from aiguard_api.policy_types import (
+    FailureMode as FailureMode,
+)
+from aiguard_api.policy_types import (
+    JWTAlgorithm as JWTAlgorithm,
+)
+from aiguard_api.policy_types import (
+    Mode as Mode,
+)
+from aiguard_api.policy_types import (
+    ModerationCategory as ModerationCategory,
+)
+from aiguard_api.policy_types import (
+    Operation as Operation,
+)
+from aiguard_api.policy_types import (
+    PIIAction as PIIAction,
+)
+from aiguard_api.policy_types import (
+    ProviderType as ProviderType,
+)
+from aiguard_api.policy_types import (
+    Scope as Scope,
+)
+from aiguard_api.policy_types import (
+    SecretsAction as SecretsAction,
+)
+from aiguard_api.policy_types import (
+    Severity as Severity,
+)
+from aiguard_api.policy_types import (
+    StreamRelease as StreamRelease,
+)
+from aiguard_api.policy_types import (
+    UnscannableAction as UnscannableAction,
+)
+from aiguard_api.policy_types import (
+    model_matches as model_matches,
+)
 
 # --------------------------------------------------------------------------------------------
 # Base
@@ -28,8 +87,9 @@ class Model(BaseModel):
     """Base of every resource model: camelCase aliases, unknown fields rejected.
 
     ``defer_build``: a model's validator and serializer are built on its first use, not when
-    the class is defined. The sidecar validates in a child process and only unpickles the result
-    (``aiguard_sidecar/policy_load.py``), so it never builds them (~3.5 MB of its idle RSS)."""
+    the class is defined (a process that imports the models for their types, or validates only
+    a few of them, does not pay for the rest). The sidecar never imports them: it reads the
+    config's plain view, :mod:`aiguard_api.view`."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -53,104 +113,6 @@ ModelPattern = Annotated[
         description="A model name or a glob pattern (`*`, `?`, `[...]`), e.g. `gpt-4o*`.",
     ),
 ]
-
-
-def model_matches(pattern: str, model: str) -> bool:
-    """True when ``model`` matches the glob ``pattern`` (case-sensitive)."""
-    return fnmatch.fnmatchcase(model, pattern)
-
-
-# --------------------------------------------------------------------------------------------
-# Enums
-
-
-class Mode(StrEnum):
-    """What the sidecar does with its decisions."""
-
-    ENFORCE = "enforce"  # block, redact, limit
-    AUDIT = "audit"  # shadow mode: decide and record, change nothing
-
-
-class FailureMode(StrEnum):
-    """What happens when a guardrail errors or times out."""
-
-    CLOSED = "closed"  # reject the request
-    OPEN = "open"  # let it through, record and count the failure
-
-
-class ProviderType(StrEnum):
-    OPENAI = "openai"
-    ANTHROPIC = "anthropic"
-    AZURE_OPENAI = "azure-openai"
-    OPENAI_COMPATIBLE = "openai-compatible"
-
-
-class Operation(StrEnum):
-    """Operations access rules grant. ``tools`` is any request that declares tools."""
-
-    CHAT = "chat"
-    RESPONSES = "responses"
-    EMBEDDINGS = "embeddings"
-    MODELS = "models"
-    TOOLS = "tools"
-
-
-class PIIAction(StrEnum):
-    ALLOW = "allow"  # leave it, still counted
-    REDACT = "redact"  # replace with a typed placeholder, e.g. <EMAIL_ADDRESS>
-    MASK = "mask"  # keep the last 4 characters, mask the rest with '*'
-    HASH = "hash"  # keyed hash: <EMAIL_ADDRESS:3f2a9c...>
-    BLOCK = "block"  # refuse the request
-
-
-class DetectAction(StrEnum):
-    """Actions of detectors that either stop a request or only flag it."""
-
-    BLOCK = "block"
-    FLAG = "flag"  # record a finding, let the request through
-    REVIEW = "review"  # hold for human approval
-
-
-class SecretsAction(StrEnum):
-    BLOCK = "block"
-    REDACT = "redact"
-    FLAG = "flag"
-
-
-class UnscannableAction(StrEnum):
-    """What to do with content no guardrail can read (images, audio, unknown parts)."""
-
-    ALLOW = "allow"  # let it through; it is counted and reported
-    BLOCK = "block"
-
-
-class Severity(StrEnum):
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-    CRITICAL = "critical"
-
-
-SEVERITY_ORDER: dict[Severity, int] = {
-    Severity.LOW: 0,
-    Severity.MEDIUM: 1,
-    Severity.HIGH: 2,
-    Severity.CRITICAL: 3,
-}
-
-
-class ContentCapture(StrEnum):
-    NONE = "none"  # hashes and decisions only
-    REDACTED = "redacted"  # also the redacted prompt/response, encrypted at rest
-
-
-class Scope(StrEnum):
-    """What a rate limit counts per."""
-
-    USER = "user"
-    GROUP = "group"
-    WORKLOAD = "workload"
-    MODEL = "model"
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,9 +277,6 @@ class Route(Model):
     )
 
 
-FailoverCause = Literal["connect", "timeout", "5xx", "429"]
-
-
 class Resilience(Model):
     """Failover and circuit breaking."""
 
@@ -349,12 +308,6 @@ class Resilience(Model):
 
 # --------------------------------------------------------------------------------------------
 # Identity and access
-
-
-JWTAlgorithm = Literal[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"
-]
-DEFAULT_JWT_ALGORITHMS: tuple[JWTAlgorithm, ...] = ("RS256", "ES256")
 
 
 class JWTIdentity(Model):
@@ -517,15 +470,6 @@ class RateLimits(Model):
 # --------------------------------------------------------------------------------------------
 # Guardrails
 
-DEFAULT_PII_ENTITIES: dict[str, PIIAction] = {
-    "EMAIL_ADDRESS": PIIAction.REDACT,
-    "PHONE_NUMBER": PIIAction.REDACT,
-    "CREDIT_CARD": PIIAction.BLOCK,
-    "IBAN_CODE": PIIAction.BLOCK,
-    "US_SSN": PIIAction.BLOCK,
-    "IP_ADDRESS": PIIAction.REDACT,
-}
-
 
 class CustomPattern(Model):
     entity: str = Field(
@@ -649,15 +593,6 @@ class KeywordGuardrail(Model):
         return v
 
 
-class ModerationCategory(StrEnum):
-    HATE = "hate"
-    HARASSMENT = "harassment"
-    VIOLENCE = "violence"
-    SELF_HARM = "self-harm"
-    SEXUAL = "sexual"
-    ILLICIT = "illicit"
-
-
 class ModerationGuardrail(Model):
     enabled: bool = True
     categories: dict[ModerationCategory, DetectAction] = Field(
@@ -723,18 +658,6 @@ class InputGuardrails(Model):
         default=UnscannableAction.ALLOW,
         description="Images, audio and unknown content parts: always counted and audited.",
     )
-
-
-class StreamRelease(StrEnum):
-    """When streamed output text held for the output guardrails goes to the client."""
-
-    # Text goes out as soon as it cannot be the unfinished start of a value the guardrails look
-    # for: a finished word goes at once; a word still being written, a run with digits and a
-    # match that may still grow wait (never more than holdbackChars).
-    ADAPTIVE = "adaptive"
-    # Events are held while no more than holdbackChars characters are: the oldest goes out
-    # once more than that follow it.
-    WINDOW = "window"
 
 
 class Streaming(Model):

@@ -42,7 +42,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-from aiguard_api.policy import Access, AccessRule, Operation
+from aiguard_api.policy_types import Operation
+from aiguard_api.view import Access, AccessRule
 from aiguard_sidecar.identity import Principal
 
 log = logging.getLogger("aiguard.sidecar.access")

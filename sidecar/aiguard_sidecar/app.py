@@ -36,7 +36,7 @@ import aiohttp
 from aiohttp import web
 
 from aiguard_api import constants
-from aiguard_api.config import SidecarConfig
+from aiguard_api.view import SidecarConfig
 from aiguard_sidecar import admin, policy_load, review
 from aiguard_sidecar.audit.sink import AuditService, AuditSettings
 from aiguard_sidecar.errors import ErrorKind, ProxyError
@@ -44,7 +44,7 @@ from aiguard_sidecar.hooks import GuardrailsFactory, no_guardrails
 from aiguard_sidecar.identity import Workload
 from aiguard_sidecar.metrics import Metrics
 from aiguard_sidecar.pipeline import REQUEST_ID_HEADER, Pipeline
-from aiguard_sidecar.policy_store import POLICY_POLL_SECONDS, PolicyStore, parse_here
+from aiguard_sidecar.policy_store import POLICY_POLL_SECONDS, PolicyStore
 from aiguard_sidecar.providers import ENDPOINTS, Endpoint, inbound_for_path
 from aiguard_sidecar.records import AuditSink
 from aiguard_sidecar.routing import Breakers, RetryBudget
@@ -86,9 +86,9 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     """Spool directory, collector URL and token (``audit/sink.py``)."""
     validate_in_child: bool = True
-    """Validate policy files in a short-lived child process (``policy_load.py``: the validators
-    are never built in the sidecar). False: in this process (tests that start many sidecars in
-    one process that has built them anyway)."""
+    """Validate policy files in a short-lived child process (``policy_load.py``: the sidecar
+    never loads pydantic). False: in this process (tests that start many sidecars in one
+    process, which has loaded pydantic anyway)."""
 
 
 @dataclass(slots=True)
@@ -214,7 +214,7 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
         builder=builder,
         metrics=metrics,
         secrets_dir=s.secrets_dir,
-        parse=policy_load.parse if s.validate_in_child else parse_here,
+        parse=policy_load.parse if s.validate_in_child else policy_load.parse_here,
     )
     await store.load()
     app[STORE] = store

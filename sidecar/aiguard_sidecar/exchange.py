@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import orjson
 
-from aiguard_api.policy import Operation
+from aiguard_api.policy_types import Operation
 
 JSONPath = tuple[str | int, ...]
 """Keys and list indices from the document root to a string value."""

@@ -75,15 +75,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from aiguard_api.config import ConfigError, SidecarConfig
-from aiguard_api.policy import (
-    AIPolicySpec,
-    FailureMode,
-    Mode,
-    OutputGuardrails,
-    SecretKeyRef,
-    StreamRelease,
-)
+from aiguard_api.errors import ConfigError
+from aiguard_api.policy_types import FailureMode, Mode, StreamRelease
+from aiguard_api.view import AIPolicySpec, OutputGuardrails, SecretKeyRef, SidecarConfig
 from aiguard_sidecar import hooks, review
 from aiguard_sidecar.exchange import Exchange, ResponseInfo, StreamEvent, TextDelta, set_at
 from aiguard_sidecar.exchange import Role as ExRole
@@ -145,8 +139,8 @@ def _read_file(secret_path: SecretPath, ref: SecretKeyRef) -> bytes | None:
 
 def build_cached(spec: AIPolicySpec, secret_path: SecretPath) -> Engines:
     """Build (or reuse) the engines of ``spec``. Blocking: call it in a worker thread."""
-    # The models' repr names every field and value (nested models too) without pydantic's
-    # serializer, which this process never builds (policy_load.py). Equal specs, equal repr.
+    # The view's repr (dataclasses: aiguard_api.view) names every field and value, nested
+    # sections too: equal specs, equal repr.
     key = hashlib.sha256(f"{spec.failure_mode.value}\n{spec.guardrails!r}".encode()).hexdigest()
     with _cache_lock:
         hit = _cache.get(key)

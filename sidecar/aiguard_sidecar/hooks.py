@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from aiguard_api.config import SidecarConfig
+from aiguard_api.view import SidecarConfig
 from aiguard_sidecar.exchange import Exchange, ResponseInfo, StreamEvent
 
 

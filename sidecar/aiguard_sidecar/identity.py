@@ -62,7 +62,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from aiguard_api.constants import PLACEHOLDER_KEY
-from aiguard_api.policy import IdentitySources, TrustedHeaderIdentity
+from aiguard_api.view import IdentitySources, TrustedHeaderIdentity
 
 if TYPE_CHECKING:
     from aiguard_sidecar.identity_jwt import JWTVerifier

@@ -20,7 +20,7 @@ import aiohttp
 import jwt
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from aiguard_api.policy import JWTIdentity
+from aiguard_api.view import JWTIdentity
 from aiguard_sidecar.identity import (
     _ALG_CRV,
     _ALG_KTY,

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from aiguard_api import audit, constants
-from aiguard_api.config import ConfigError
+from aiguard_api.errors import ConfigError
 from aiguard_sidecar import logs, memory, policy_load
 from aiguard_sidecar.app import Settings, SidecarServer
 from aiguard_sidecar.audit.sink import AuditSettings

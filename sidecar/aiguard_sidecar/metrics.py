@@ -25,7 +25,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-from aiguard_api.policy import ProviderType
+from aiguard_api.policy_types import ProviderType
 from aiguard_sidecar.routing import BreakerState
 
 # Label names (OpenTelemetry attribute names with dots as underscores).

@@ -37,8 +37,9 @@ from typing import Any, Final
 import aiohttp
 from yarl import URL
 
-from aiguard_api.config import ConfigError
-from aiguard_api.policy import DetectAction, ModerationGuardrail, SecretKeyRef
+from aiguard_api.errors import ConfigError
+from aiguard_api.policy_types import DetectAction
+from aiguard_api.view import ModerationGuardrail, SecretKeyRef
 from aiguard_sidecar.exchange import dumps, loads
 from aiguard_sidecar.guardrails.base import Decision, Finding, Role, Segment, Verdict
 from aiguard_sidecar.upstream import build_context

@@ -34,7 +34,7 @@ from typing import Final
 
 from aiohttp import web
 
-from aiguard_api.policy import FailureMode, Operation, UnscannableAction
+from aiguard_api.policy_types import FailureMode, Operation, UnscannableAction
 from aiguard_sidecar import access, identity, ratelimit, review
 from aiguard_sidecar.drift import DriftTracker
 from aiguard_sidecar.errors import ErrorKind, ProxyError

@@ -1,27 +1,29 @@
-"""The policy file validated in a short-lived child process, the validated config loaded here.
+"""The policy file validated in a short-lived child process; the sidecar reads the result as
+plain data and never loads pydantic.
 
-Validating a policy builds, for every model of the AIPolicy schema, pydantic's validator and
-serializer (Rust structures), and imports pydantic's plugin loader (``importlib.metadata``,
-``zipfile``, ``email``, ``csv``, ...): about 3.5 MB that stay resident for the life of the
-process, although the sidecar validates only when the policy file changes
-(``benchmarks.sidecar_proxy rss``: idle RSS 65.3 → 61.8 MB). The models are declared with
-``defer_build`` (``aiguard_api.policy.Model``), so a process that never validates never builds
-them. So :func:`parse` validates in a child:
+pydantic in a process costs ~8.5 MB of resident memory: ~3.7 MB to import it (its Rust core's
+relocated pages among them), ~3.5 MB for the model machinery a class definition needs, ~1.3 MB
+for the policy's model classes, and 3.5 MB more once it has validated (the validators and
+serializers it builds). The sidecar validates only when the policy file changes. So
+:func:`parse` validates in a child and the sidecar keeps :mod:`aiguard_api.view`, the compiled
+config as frozen dataclasses (generated from the models: same names, fields and types) that
+import no pydantic (``benchmarks.sidecar_proxy rss``: idle RSS 65.3 → 51.8 MB with the other
+changes of the day):
 
 * a child (the same interpreter with ``-B``: nothing is written to disk, the container's root
   file system is read-only; the same environment, so the same packages) reads the file's bytes,
   its name and the secrets directory from a pipe, runs
-  :func:`aiguard_api.config.parse_config` (every check and the content hash, exactly as in
-  this process), and writes back either the validated :class:`SidecarConfig`, pickled, or the
-  :class:`ConfigError`'s message;
-* this process unpickles it: pickle rebuilds the model objects field by field, without
-  validating, so the validators are never built here. The bytes come from our own child over
-  its private pipe; nothing else can write to that pipe;
+  :func:`aiguard_api.config.parse_config` (every check and the content hash), turns the
+  validated config into its view (:func:`aiguard_api.config.to_view`) and writes it back
+  pickled, or writes the :class:`ConfigError`'s message;
+* this process unpickles it: dataclasses of :mod:`aiguard_api.view` and enums of
+  :mod:`aiguard_api.policy_types`, nothing else (the type is checked). The bytes come from our
+  own child over its private pipe; nothing else can write to that pipe;
 * an invalid policy is refused with the child's message, which is the message an in-process
   validation gives (``tests/unit/test_policy_load.py``);
-* a child that cannot run (no interpreter, killed, over :data:`CHILD_TIMEOUT`, a reply that does
-  not unpickle to a config) leaves the validation to this process, with a warning: the policy
-  loads as before, at the old memory cost.
+* a child that cannot run (no interpreter, killed, over :data:`CHILD_TIMEOUT`, a reply that is
+  not a config view) leaves the validation to this process, with a warning: the policy loads as
+  before, at the old memory cost (:func:`parse_here`, which tests use directly).
 
 Blocking (a child takes ~0.3 s): the policy store calls :func:`parse` in a worker thread;
 ``main`` calls it once before the event loop starts. The last result is kept (keyed by the
@@ -40,7 +42,8 @@ import sys
 import threading
 from typing import Any, Final
 
-from aiguard_api.config import ConfigError, SidecarConfig, parse_config
+from aiguard_api.errors import ConfigError
+from aiguard_api.view import SidecarConfig
 
 log = logging.getLogger("aiguard.sidecar.policy")
 
@@ -95,12 +98,24 @@ def parse(data: bytes, source: str, secrets_dir: str | None = None) -> SidecarCo
             "policy validation child failed; validating in this process",
             extra={"fields": {"error": str(e)}},
         )
-        cfg = parse_config(text, source=source, secrets_dir=secrets_dir)
+        cfg = _validate(text, source, secrets_dir)
         counter = "in_process"
     with _lock:
         _stats[counter] += 1
         _last = (key, cfg)
     return cfg
+
+
+def _validate(text: str, source: str, secrets_dir: str | None) -> SidecarConfig:
+    """Validate here: loads pydantic and builds its validators in this process."""
+    from aiguard_api.config import parse_config, to_view
+
+    return to_view(parse_config(text, source=source, secrets_dir=secrets_dir))
+
+
+def parse_here(data: bytes, source: str, secrets_dir: str | None = None) -> SidecarConfig:
+    """:func:`parse` without a child (tests that start many sidecars in one process)."""
+    return _validate(decode(data, source), source, secrets_dir)
 
 
 def _in_child(text: str, source: str, secrets_dir: str | None) -> SidecarConfig:
@@ -136,7 +151,7 @@ def _child() -> int:
     req: dict[str, Any] = json.loads(sys.stdin.buffer.read())
     out = sys.stdout.buffer
     try:
-        cfg = parse_config(req["text"], source=req["source"], secrets_dir=req["secretsDir"])
+        cfg = _validate(req["text"], req["source"], req["secretsDir"])
     except ConfigError as e:
         out.write(_ERROR + str(e).encode())
     else:

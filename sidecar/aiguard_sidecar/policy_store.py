@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
-from aiguard_api.config import ConfigError, SidecarConfig, parse_config
+from aiguard_api.errors import ConfigError
+from aiguard_api.view import SidecarConfig
 from aiguard_sidecar import memory, policy_load
 from aiguard_sidecar.metrics import Metrics
 from aiguard_sidecar.runtime import Runtime
@@ -55,11 +56,6 @@ def _read(path: Path) -> tuple[Signature | None, bytes]:
 
 async def _trim() -> None:
     await asyncio.to_thread(memory.trim)
-
-
-def parse_here(data: bytes, source: str, secrets_dir: str | None) -> SidecarConfig:
-    """Validate in this process (builds pydantic's validators here: see ``policy_load``)."""
-    return parse_config(policy_load.decode(data, source), source=source, secrets_dir=secrets_dir)
 
 
 class PolicyStore:

@@ -75,7 +75,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from aiguard_api.policy import RateLimit, RateLimits, Scope, model_matches
+from aiguard_api.policy_types import Scope, model_matches
+from aiguard_api.view import RateLimit, RateLimits
 from aiguard_sidecar.identity import Principal
 
 log = logging.getLogger("aiguard.sidecar.ratelimit")

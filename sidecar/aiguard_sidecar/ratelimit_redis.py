@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from aiguard_api.policy import RateLimits
+from aiguard_api.view import RateLimits
 from aiguard_sidecar.identity import Principal
 from aiguard_sidecar.ratelimit import (
     _HASH_TTL_MS,

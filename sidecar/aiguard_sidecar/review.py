@@ -44,7 +44,7 @@ from typing import Any, Final
 import aiohttp
 
 from aiguard_api import audit
-from aiguard_api.policy import FailureMode, model_matches
+from aiguard_api.policy_types import FailureMode, model_matches
 from aiguard_sidecar.audit.shipper import DeliveryError, TokenFile
 from aiguard_sidecar.audit.sink import AuditSettings
 from aiguard_sidecar.errors import ErrorKind, ProxyError

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from aiguard_api.policy import Resilience, Route
+from aiguard_api.view import Resilience, Route
 
 Clock = Callable[[], float]
 

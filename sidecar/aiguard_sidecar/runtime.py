@@ -22,8 +22,9 @@ from pathlib import Path
 
 import aiohttp
 
-from aiguard_api.config import ConfigError, SidecarConfig
-from aiguard_api.policy import Mode, Provider, ProviderType
+from aiguard_api.errors import ConfigError
+from aiguard_api.policy_types import Mode, ProviderType
+from aiguard_api.view import Provider, SidecarConfig
 from aiguard_sidecar import access, identity, ratelimit
 from aiguard_sidecar.exchange import WireFormat
 from aiguard_sidecar.hooks import Guardrails, GuardrailsFactory

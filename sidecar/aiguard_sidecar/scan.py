@@ -36,7 +36,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
-from aiguard_api.config import ConfigError, SidecarConfig, load_config
+from aiguard_api import view
+from aiguard_api.config import ConfigError, load_config, to_view, view_of
 from aiguard_api.policy import (
     DEFAULT_PII_ENTITIES,
     NER,
@@ -52,7 +53,6 @@ from aiguard_api.policy import (
     ProviderType,
     Route,
     RouteTarget,
-    SecretKeyRef,
 )
 from aiguard_sidecar.guardrails import patterns, registry
 from aiguard_sidecar.guardrails.base import Direction, Role, ScanContext, Segment, Verdict
@@ -119,10 +119,11 @@ def load_engine(
 ) -> Engine:
     """The engine ``scan`` uses: from a policy file, or the built-in default."""
     reader: registry.SecretReader | None = None
+    spec: view.AIPolicySpec
     if policy is None:
-        spec = default_spec(ner=ner, moderation=moderation, warn=warn)
+        spec = view_of(default_spec(ner=ner, moderation=moderation, warn=warn))
     else:
-        cfg = load_config(policy)
+        cfg = to_view(load_config(policy))
         spec = cfg.spec
         reader = _secret_reader(cfg, warn)
     side = spec.guardrails.input if direction is Direction.INPUT else spec.guardrails.output
@@ -143,8 +144,8 @@ def load_engine(
     return engine
 
 
-def _secret_reader(cfg: SidecarConfig, warn: IO[str] | None) -> registry.SecretReader:
-    def read(ref: SecretKeyRef) -> bytes:
+def _secret_reader(cfg: view.SidecarConfig, warn: IO[str] | None) -> registry.SecretReader:
+    def read(ref: view.SecretKeyRef) -> bytes:
         try:
             return cfg.secret_path(ref.name, ref.key).read_bytes()
         except OSError:

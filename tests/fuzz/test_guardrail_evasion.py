@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import pytest
 
+from aiguard_api.config import view_of
 from aiguard_api.policy import (
     InputGuardrails,
     KeywordGuardrail,
@@ -40,7 +41,7 @@ _OFF: Final[dict[str, Any]] = {
 
 
 def _engine(**only: Any) -> Engine:
-    return build_engine(InputGuardrails(**{**_OFF, **only}))
+    return build_engine(view_of(InputGuardrails(**{**_OFF, **only})))
 
 
 ENGINES: Final[dict[str, Callable[[], Engine]]] = {

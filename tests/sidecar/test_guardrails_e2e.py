@@ -18,7 +18,8 @@ import openai
 import pytest
 import yaml
 
-from aiguard_api.config import SidecarConfig
+from aiguard_api import view
+from aiguard_api.config import view_of
 from aiguard_api.policy import AIPolicySpec
 from aiguard_sidecar import scan
 from aiguard_sidecar.app import STORE, Settings, SidecarServer
@@ -52,7 +53,7 @@ def user(text: str) -> Any:
     return [{"role": "user", "content": text}]
 
 
-def guardrails(cfg: SidecarConfig) -> Guardrails:
+def guardrails(cfg: view.SidecarConfig) -> Guardrails:
     return EngineGuardrails(cfg)
 
 
@@ -75,7 +76,7 @@ def _warm_engines() -> None:
                 **extra,
             }
         )
-        build_cached(spec, lambda name, key: Path("/nonexistent") / name / key)
+        build_cached(view_of(spec), lambda name, key: Path("/nonexistent") / name / key)
 
 
 async def start(start_sidecar: StartSidecar, upstream: ProviderStandIn, **spec: Any) -> Sidecar:
@@ -265,7 +266,7 @@ class _Gated:
     started: list[str] = []
     prepared: list[str] = []
 
-    def __init__(self, cfg: SidecarConfig) -> None:
+    def __init__(self, cfg: view.SidecarConfig) -> None:
         self.cfg = cfg
 
     async def prepare(self) -> None:

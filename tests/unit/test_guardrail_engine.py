@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
+from aiguard_api.config import view_of
 from aiguard_api.policy import (
     DetectAction,
     FailureMode,
@@ -34,13 +36,20 @@ from aiguard_sidecar.guardrails.base import (
     Segment,
     Verdict,
 )
-from aiguard_sidecar.guardrails.engine import Engine, build_engine
+from aiguard_sidecar.guardrails.engine import Engine
+from aiguard_sidecar.guardrails.engine import build_engine as build_view_engine
 from aiguard_sidecar.guardrails.keywords import KeywordGuard
 from aiguard_sidecar.guardrails.pii import PIIGuard
 from aiguard_sidecar.guardrails.secrets import SecretsGuard
 from aiguard_sidecar.guardrails.validation import RequestFacts, validate
 
 CTX = ScanContext(Direction.INPUT, model="gpt-4o")
+
+
+def build_engine(cfg: Any, **kw: Any) -> Engine:
+    """The engine of a guardrails section written as the policy's models (the sidecar reads
+    their view, ``aiguard_api.view``)."""
+    return build_view_engine(view_of(cfg), **kw)
 
 
 def seg(text: str, index: int = 0, role: Role = Role.USER) -> Segment:
@@ -219,7 +228,7 @@ def test_lazy_plugin_uses_the_named_class(monkeypatch: pytest.MonkeyPatch) -> No
 def test_unknown_config_section_is_an_error() -> None:
     with pytest.raises(ValueError, match="no guardrail registered"):
         registry.build_chain(
-            InputGuardrails(),
+            view_of(InputGuardrails()),
             registry.BuildContext(Direction.INPUT),
             registry={"pii": registry.REGISTRY["pii"]},
         )
@@ -314,7 +323,7 @@ def test_hash_key_comes_from_the_secret_reader() -> None:
     )
     a = build_engine(cfg, read_secret=read).check([seg("x@y.io")], CTX).edits[0]
     b = build_engine(cfg, read_secret=read).check([seg("x@y.io")], CTX).edits[0]
-    assert asked == [ref, ref]
+    assert asked == [view_of(ref), view_of(ref)]
     assert a == b
 
 

@@ -14,6 +14,7 @@ import hyperscan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aiguard_api.config import view_of
 from aiguard_api.policy import (
     CustomPattern,
     DenyList,
@@ -179,7 +180,7 @@ def test_only_the_input_engine_keeps_detection_results() -> None:
     """Requests repeat (system prompt, history); responses and stream windows do not, so the
     output guardrails keep no texts in memory."""
     for cfg, kept in ((InputGuardrails(), True), (OutputGuardrails(), False)):
-        chain = {g.name: g for g in build_engine(cfg).guardrails}
+        chain = {g.name: g for g in build_engine(view_of(cfg)).guardrails}
         assert isinstance(chain["pii"]._cached_spans, patterns.TextCache) is kept  # type: ignore[attr-defined]
         assert isinstance(chain["secrets"]._cached_find, patterns.TextCache) is kept  # type: ignore[attr-defined]
 

@@ -1,6 +1,8 @@
 """The layering rules from DESIGN.md, checked on the source: aiguard_api at the bottom, the
 operator and the sidecar never import each other, only handler modules import kopf, only the
-PII NER module imports presidio. A violation fails here, not in a container at 3 a.m."""
+PII NER module imports presidio, and the sidecar's serving code never imports pydantic (it
+reads the config's plain view, ``aiguard_api.view``). A violation fails here, not in a
+container at 3 a.m."""
 
 from __future__ import annotations
 
@@ -63,6 +65,48 @@ def test_module_respects_layers(pkg: str, path: Path) -> None:
         assert rel in KOPF_ALLOWED, f"{rel} imports kopf: only {sorted(KOPF_ALLOWED)} may"
     if {"presidio_analyzer", "spacy"} & imported:
         assert rel.startswith(PRESIDIO_ALLOWED_PREFIX), f"{rel} imports presidio/spacy"
+
+
+# What imports pydantic: the sidecar reads aiguard_api.view, aiguard_api.policy_types,
+# aiguard_api.errors and aiguard_api.audit instead (tests/sidecar/test_lean_start.py checks the
+# running process). Only the ``scan`` command (a CLI, not the proxy) builds models itself;
+# policy_load validates in a child and imports the models only there (a function-level import).
+PYDANTIC_MODULES = {"pydantic", "pydantic_core", "aiguard_api.policy", "aiguard_api.config"}
+PYDANTIC_ALLOWED = {"scan.py"}
+
+
+def top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(PACKAGES["aiguard_sidecar"].rglob("*.py")),
+    ids=lambda p: p.relative_to(PACKAGES["aiguard_sidecar"]).as_posix(),
+)
+def test_the_sidecar_never_imports_pydantic(path: Path) -> None:
+    rel = path.relative_to(PACKAGES["aiguard_sidecar"]).as_posix()
+    heavy = {
+        m for m in top_level_imports(path) if m in PYDANTIC_MODULES or m.startswith("pydantic.")
+    }
+    if rel in PYDANTIC_ALLOWED:
+        return
+    assert not heavy, f"aiguard_sidecar/{rel} imports {sorted(heavy)}: use aiguard_api.view"
+
+
+def test_the_pydantic_free_api_modules_stay_so() -> None:
+    for name in ("view", "policy_types", "errors", "audit", "constants"):
+        imported = top_level_imports(PACKAGES["aiguard_api"] / f"{name}.py")
+        heavy = {m for m in imported if m in PYDANTIC_MODULES or m.startswith("pydantic")}
+        assert not heavy, f"aiguard_api/{name}.py imports {sorted(heavy)}"
 
 
 def test_nothing_is_importable_as_operator() -> None:

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from aiguard_api.config import PolicyRef, SidecarConfig
+from aiguard_api import view
+from aiguard_api.config import PolicyRef, SidecarConfig, to_view
 from aiguard_api.policy import AIPolicySpec
 from aiguard_sidecar import hooks, providers, review
 from aiguard_sidecar.exchange import Api, Exchange
@@ -36,7 +37,7 @@ REVIEW: dict[str, Any] = {
 }
 
 
-def config(review_cfg: dict[str, Any] | None = None, **inputs: Any) -> SidecarConfig:
+def config(review_cfg: dict[str, Any] | None = None, **inputs: Any) -> view.SidecarConfig:
     spec = AIPolicySpec.model_validate(
         {
             "providers": [{"name": "p", "type": "openai-compatible", "baseURL": "https://x"}],
@@ -47,10 +48,10 @@ def config(review_cfg: dict[str, Any] | None = None, **inputs: Any) -> SidecarCo
             },
         }
     )
-    return SidecarConfig(policy=PolicyRef(name="p", namespace="team-a"), spec=spec)
+    return to_view(SidecarConfig(policy=PolicyRef(name="p", namespace="team-a"), spec=spec))
 
 
-async def check(cfg: SidecarConfig, ex: Exchange) -> hooks.GuardDecision:
+async def check(cfg: view.SidecarConfig, ex: Exchange) -> hooks.GuardDecision:
     g = EngineGuardrails(cfg)
     await g.prepare()
     return await g.check_input(ex)

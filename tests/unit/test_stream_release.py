@@ -13,18 +13,19 @@ from typing import Any
 
 import pytest
 
-from aiguard_api.config import PolicyRef, SidecarConfig
+from aiguard_api import view
+from aiguard_api.config import PolicyRef, SidecarConfig, to_view
 from aiguard_api.policy import AIPolicySpec
 from aiguard_sidecar import hooks, providers
 from aiguard_sidecar.exchange import Api, StreamEvent, TextDelta
 from aiguard_sidecar.guarding import NUMBER_CONTEXT, EngineGuardrails
 
 
-def config(**streaming: Any) -> SidecarConfig:
+def config(**streaming: Any) -> view.SidecarConfig:
     return config_with_output({"streaming": streaming})
 
 
-def config_with_output(output: dict[str, Any]) -> SidecarConfig:
+def config_with_output(output: dict[str, Any]) -> view.SidecarConfig:
     spec = AIPolicySpec.model_validate(
         {
             "providers": [{"name": "p", "type": "openai-compatible", "baseURL": "https://x"}],
@@ -32,7 +33,7 @@ def config_with_output(output: dict[str, Any]) -> SidecarConfig:
             "guardrails": {"output": output},
         }
     )
-    return SidecarConfig(policy=PolicyRef(name="p", namespace="team-a"), spec=spec)
+    return to_view(SidecarConfig(policy=PolicyRef(name="p", namespace="team-a"), spec=spec))
 
 
 class Client:
@@ -62,7 +63,7 @@ class Client:
         return self.received
 
 
-async def client(cfg: SidecarConfig) -> Client:
+async def client(cfg: view.SidecarConfig) -> Client:
     g = EngineGuardrails(cfg)
     await g.prepare()
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}

@@ -25,17 +25,16 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from aiguard_api.policy import (
-    FailureMode,
-    InputGuardrails,
-    ModerationGuardrail,
-    PIIAction,
-    PIIGuardrail,
-    PromptInjectionGuardrail,
-    SecretsAction,
-    SecretsGuardrail,
+from aiguard_api.policy_types import FailureMode, PIIAction, SecretsAction
+from aiguard_api.view import (
+    DEFAULT_INPUT_GUARDRAILS,
+    DEFAULT_MODERATION_GUARDRAIL,
+    DEFAULT_PII_GUARDRAIL,
+    DEFAULT_PROMPT_INJECTION_GUARDRAIL,
+    DEFAULT_SECRETS_GUARDRAIL,
 )
 from aiguard_sidecar.guardrails import patterns
 from aiguard_sidecar.guardrails.base import Direction, Role, ScanContext, Segment
@@ -52,13 +51,15 @@ def _masker() -> Engine:
     global _engine
     with _lock:
         if _engine is None:
-            side = InputGuardrails(
-                pii=PIIGuardrail(
-                    entities=dict.fromkeys(sorted(patterns.SUPPORTED_ENTITIES), PIIAction.REDACT)
+            side = replace(  # the defaults (aiguard_api.view) but for these
+                DEFAULT_INPUT_GUARDRAILS,
+                pii=replace(
+                    DEFAULT_PII_GUARDRAIL,
+                    entities=dict.fromkeys(sorted(patterns.SUPPORTED_ENTITIES), PIIAction.REDACT),
                 ),
-                secrets=SecretsGuardrail(action=SecretsAction.REDACT),
-                prompt_injection=PromptInjectionGuardrail(enabled=False),
-                moderation=ModerationGuardrail(enabled=False),
+                secrets=replace(DEFAULT_SECRETS_GUARDRAIL, action=SecretsAction.REDACT),
+                prompt_injection=replace(DEFAULT_PROMPT_INJECTION_GUARDRAIL, enabled=False),
+                moderation=replace(DEFAULT_MODERATION_GUARDRAIL, enabled=False),
             )
             _engine = build_engine(side, failure_mode=FailureMode.CLOSED)
         return _engine

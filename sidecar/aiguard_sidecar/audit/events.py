@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiguard_api import audit
-from aiguard_api.config import SidecarConfig
-from aiguard_api.policy import ContentCapture
+from aiguard_api.policy_types import ContentCapture
+from aiguard_api.view import SidecarConfig
 from aiguard_sidecar.audit import capture
 from aiguard_sidecar.metrics import OTEL_PROVIDER
 from aiguard_sidecar.records import RequestRecord

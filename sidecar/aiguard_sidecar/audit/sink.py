@@ -49,8 +49,8 @@ from typing import Any, BinaryIO, Final
 import orjson
 
 from aiguard_api import audit, constants
-from aiguard_api.config import SidecarConfig
-from aiguard_api.policy import FailureMode
+from aiguard_api.policy_types import FailureMode
+from aiguard_api.view import SidecarConfig
 from aiguard_sidecar.audit import events
 from aiguard_sidecar.audit.otlp import OtlpExporter
 from aiguard_sidecar.audit.shipper import Shipper

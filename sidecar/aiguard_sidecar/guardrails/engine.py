@@ -44,14 +44,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from aiguard_api.policy import (
-    AIPolicySpec,
-    FailureMode,
-    InputGuardrails,
-    OutputGuardrails,
-    UnscannableAction,
-    ValidationGuardrail,
-)
+from aiguard_api.policy_types import FailureMode, UnscannableAction
+from aiguard_api.view import AIPolicySpec, InputGuardrails, OutputGuardrails, ValidationGuardrail
 from aiguard_sidecar.guardrails import registry as registry_module
 from aiguard_sidecar.guardrails.base import (
     Decision,

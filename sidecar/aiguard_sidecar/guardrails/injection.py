@@ -63,7 +63,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
-from aiguard_api import policy
+from aiguard_api import policy_types as policy
+from aiguard_api import view as policy_view
 from aiguard_sidecar.guardrails import linear, patterns, textnorm
 
 try:
@@ -893,7 +894,7 @@ class PromptInjectionGuardrail:
 
     name = "prompt_injection"
 
-    def __init__(self, cfg: policy.PromptInjectionGuardrail) -> None:
+    def __init__(self, cfg: policy_view.PromptInjectionGuardrail) -> None:
         self.cfg = cfg
         self.model = linear.load_compact(MODEL_NAME)
         _signature_set()  # compile now, not on the first request

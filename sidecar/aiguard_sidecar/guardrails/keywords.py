@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import Final
 
-from aiguard_api.policy import DetectAction, KeywordGuardrail
+from aiguard_api.policy_types import DetectAction
+from aiguard_api.view import KeywordGuardrail
 from aiguard_sidecar.guardrails import patterns, textnorm
 from aiguard_sidecar.guardrails.base import Decision, Finding, ScanContext, Segment, Verdict
 from aiguard_sidecar.guardrails.patterns import Matcher, Rule

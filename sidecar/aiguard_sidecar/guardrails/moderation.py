@@ -25,7 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aiguard_api import policy
+from aiguard_api import policy_types as policy
+from aiguard_api import view
 from aiguard_sidecar.guardrails import linear, textnorm
 from aiguard_sidecar.guardrails.base import Decision, Finding, Role, ScanContext, Segment, Verdict
 
@@ -117,7 +118,7 @@ class ModerationGuardrail:
 
     name = "moderation"
 
-    def __init__(self, cfg: policy.ModerationGuardrail) -> None:
+    def __init__(self, cfg: view.ModerationGuardrail) -> None:
         self.cfg = cfg
         _load()  # read the model and compile the lexicons now, not on the first request
         self._actions = {c.value: a for c, a in cfg.categories.items()}

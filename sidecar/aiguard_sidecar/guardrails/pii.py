@@ -42,7 +42,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from aiguard_api.policy import PIIAction, PIIGuardrail
+from aiguard_api.policy_types import PIIAction
+from aiguard_api.view import PIIGuardrail
 from aiguard_sidecar.guardrails import patterns
 from aiguard_sidecar.guardrails.base import (
     Decision,

@@ -26,6 +26,7 @@ Adding a guardrail is one line in :data:`REGISTRY` (and its name in :data:`ORDER
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -34,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aiguard_api.policy import (
+from aiguard_api.view import (
     InputGuardrails,
     KeywordGuardrail,
     OutputGuardrails,
@@ -190,7 +191,7 @@ def build_chain(
     order: Sequence[str] = ORDER,
 ) -> list[Guardrail]:
     """The direction's guardrails, in ``order``; sections without a factory are an error."""
-    fields = [f for f in type(cfg).model_fields if f not in NOT_CHAIN]
+    fields = [f.name for f in dataclasses.fields(cfg) if f.name not in NOT_CHAIN]
     unknown = [f for f in fields if f not in registry]
     if unknown:
         raise ValueError(f"no guardrail registered for {', '.join(unknown)}")

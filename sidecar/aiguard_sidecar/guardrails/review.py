@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from aiguard_api.policy import ReviewGuardrail, model_matches
+from aiguard_api.policy_types import model_matches
+from aiguard_api.view import ReviewGuardrail
 from aiguard_sidecar.guardrails import patterns
 from aiguard_sidecar.guardrails.base import Decision, Finding, ScanContext, Segment, Verdict
 from aiguard_sidecar.guardrails.patterns import Matcher, Rule

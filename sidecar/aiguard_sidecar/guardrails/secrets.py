@@ -32,7 +32,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from aiguard_api.policy import SecretsAction, SecretsGuardrail
+from aiguard_api.policy_types import SecretsAction
+from aiguard_api.view import SecretsGuardrail
 from aiguard_sidecar.guardrails import patterns
 from aiguard_sidecar.guardrails import validators as v
 from aiguard_sidecar.guardrails.base import (

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from aiguard_api.policy import ValidationGuardrail
+from aiguard_api.view import ValidationGuardrail
 from aiguard_sidecar.guardrails.base import Decision, Finding, Verdict
 
 NAME: Final = "validation"

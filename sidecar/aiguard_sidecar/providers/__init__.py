@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from aiguard_api.policy import Provider, ProviderType
+from aiguard_api.policy_types import ProviderType
+from aiguard_api.view import Provider
 from aiguard_sidecar.exchange import Api
 from aiguard_sidecar.providers.anthropic import AnthropicDialect, AnthropicInbound
 from aiguard_sidecar.providers.azure import AzureDialect, AzureInbound

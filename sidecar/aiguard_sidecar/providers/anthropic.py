@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from aiguard_api.policy import Operation, ProviderType
+from aiguard_api.policy_types import Operation, ProviderType
 from aiguard_sidecar.errors import ProxyError
 from aiguard_sidecar.exchange import (
     Api,

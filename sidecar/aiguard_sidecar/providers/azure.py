@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Final
 from urllib.parse import quote
 
-from aiguard_api.policy import ProviderType
+from aiguard_api.policy_types import ProviderType
 from aiguard_sidecar.exchange import Api, Exchange
 from aiguard_sidecar.providers.base import Dialect, UpstreamCall, body_for
 from aiguard_sidecar.providers.openai import OpenAIInbound

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from yarl import URL
 
-from aiguard_api.policy import ProviderType
+from aiguard_api.policy_types import ProviderType
 from aiguard_sidecar import errors
 from aiguard_sidecar.errors import ProxyError
 from aiguard_sidecar.exchange import (

@@ -20,7 +20,7 @@ import json
 from typing import Any, Final
 from urllib.parse import quote
 
-from aiguard_api.policy import Operation, ProviderType
+from aiguard_api.policy_types import Operation, ProviderType
 from aiguard_sidecar.errors import ProxyError
 from aiguard_sidecar.exchange import (
     Api,
