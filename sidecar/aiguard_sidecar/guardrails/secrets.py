@@ -781,6 +781,14 @@ class SecretsGuard:
         self._cached_find: Callable[[str], tuple[Candidate, ...]] = (
             patterns.TextCache(self._detect) if cache else self._detect
         )
+        # ``quiet(text)``: True only when ``check`` certainly finds nothing in ``text``: not
+        # one rule matches it (one short Hyperscan call, :meth:`Matcher.any`); the engine then
+        # skips the guardrail. Not when detection is cached (a cached text costs less than a
+        # second scan). A closure over the matcher: no reference cycle through ``self``.
+        self.quiet: Callable[[str], bool] | None = None
+        if not cache:
+            matcher = self._matcher
+            self.quiet = lambda text: not matcher.any(text)
 
     def find(self, text: str) -> list[Candidate]:
         """Secrets in ``text``, non-overlapping, sorted by start."""
