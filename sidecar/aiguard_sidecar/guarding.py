@@ -474,6 +474,10 @@ _DIGITS_RUN: Final = re.compile(r"\S*\d\S*")
 # "jane.doe@example.com") unless a character no email, key or number continues with ends it
 _FINISHED_RUN: Final = re.compile(r"[^\s\d@]*[!?,;)\"]")
 _OPEN_RUN: Final = re.compile(r"\S*\Z")
+# cheap answers first: no digit at all means no run with digits; a last character that is
+# whitespace means no open run (the same \d and \s as above)
+_DIGIT: Final = re.compile(r"\d")
+_SPACE: Final = re.compile(r"\s")
 
 
 def adaptive_release(output: OutputGuardrails) -> bool:
@@ -669,17 +673,21 @@ class _StreamGuard:
             if r.end >= end:
                 cut = min(cut, r.start)
         lo = max(slot.sent, end - self.holdback)
-        for m in _DIGITS_RUN.finditer(text, lo):
-            if m.end() > end - NUMBER_CONTEXT:
-                cut = min(cut, m.start())
-                break
-        open_run = _OPEN_RUN.search(text, lo)
-        if (
-            open_run is not None
-            and open_run.group()
-            and not _FINISHED_RUN.fullmatch(open_run.group())
-        ):
-            cut = min(cut, open_run.start())
+        if lo >= end:
+            return lo  # nothing unsent in the window
+        if _DIGIT.search(text, lo) is not None:
+            for m in _DIGITS_RUN.finditer(text, lo):
+                if m.end() > end - NUMBER_CONTEXT:
+                    cut = min(cut, m.start())
+                    break
+        if _SPACE.match(text, end - 1) is None:  # else the text ends with a finished word
+            open_run = _OPEN_RUN.search(text, lo)
+            if (
+                open_run is not None
+                and open_run.group()
+                and not _FINISHED_RUN.fullmatch(open_run.group())
+            ):
+                cut = min(cut, open_run.start())
         return max(cut, lo)  # never more than holdbackChars held
 
     def _release(self, *, everything: bool) -> list[StreamEvent]:
