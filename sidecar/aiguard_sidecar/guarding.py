@@ -547,14 +547,9 @@ class _StreamGuard:
         start = max(0, slot.sent - self.holdback)
         new: list[Finding] = []
         fresh: list[Replacement] = []
-        verdict = (
-            self.engine.check([Segment(slot.index, slot.text[start:], Role.OUTPUT)], self.ctx)
-            if self.engine.guardrails
-            else None
-        )
-        if verdict is not None and (
-            verdict.findings or verdict.edits or verdict.replacements or verdict.decision
-        ):  # else nothing found: the window is clean
+        # None: every guardrail is quiet about the window (nothing in it)
+        verdict = self.engine.check_one(slot.index, slot.text[start:], Role.OUTPUT, self.ctx)
+        if verdict is not None:
             for f in verdict.findings:
                 key = (f.guardrail, f.type, -1 if (f.start, f.end) == (0, 0) else f.start + start)
                 if key not in slot.seen:

@@ -25,6 +25,7 @@ from aiguard_sidecar.exchange import StreamEvent, TextDelta
 from aiguard_sidecar.guarding import EngineGuardrails, _StreamGuard
 from aiguard_sidecar.guardrails.base import (
     Direction,
+    Finding,
     Guardrail,
     Role,
     ScanContext,
@@ -216,3 +217,31 @@ async def test_streams_cut_anywhere_get_the_same_findings_and_text(
             assert a == b, pieces
             redacted += a[-1][-1] != text
     assert redacted > 100  # the streams did have findings to act on
+
+
+class Finds:
+    """Finds one thing; its ``quiet`` says nothing is there, or fails."""
+
+    name = "finds"
+
+    def __init__(self, quiet: Any) -> None:
+        self.quiet = quiet
+
+    def check(self, segments: Sequence[Segment], ctx: ScanContext) -> Verdict:
+        return Verdict(findings=[Finding(self.name, "X", segments[0].index, 0, 1, 1.0, "allow")])
+
+
+def test_a_quiet_that_fails_is_not_believed() -> None:
+    def broken(text: str) -> bool:
+        raise RuntimeError("scan failed")
+
+    engine = Engine(Direction.OUTPUT, [Finds(broken)])
+    assert [f.type for f in engine.check([Segment(0, "x", Role.OUTPUT)], CTX).findings] == ["X"]
+    one = engine.check_one(0, "x", Role.OUTPUT, CTX)
+    assert one is not None
+    assert [f.type for f in one.findings] == ["X"]
+    # and a quiet one is skipped: check_one builds no verdict at all
+    assert (
+        Engine(Direction.OUTPUT, [Finds(lambda t: True)]).check_one(0, "x", Role.OUTPUT, CTX)
+        is None
+    )

@@ -59,6 +59,7 @@ from aiguard_sidecar.guardrails.base import (
     Finding,
     Guardrail,
     Replacement,
+    Role,
     ScanContext,
     Segment,
     Verdict,
@@ -195,12 +196,27 @@ class Engine:
         view: Sequence[Segment] = (
             segments if len(segments) == 1 else list({s.index: s for s in segments}.values())
         )
+        return self._run(view, ctx, verdict, 0)
+
+    def check_one(self, index: int, text: str, role: Role, ctx: ScanContext) -> Verdict | None:
+        """``check`` of one segment, or None when every guardrail of the chain is quiet about
+        ``text`` (no verdict is built: the stream windows with nothing in them)."""
+        for i, (_, quiet) in enumerate(self._chain):
+            if quiet is None or not _quiet(quiet, (text,)):
+                return self._run([Segment(index, text, role)], ctx, Verdict(), i)
+        return None
+
+    def _run(
+        self, view: Sequence[Segment], ctx: ScanContext, verdict: Verdict, first: int
+    ) -> Verdict:
+        """The chain from its ``first`` guardrail (the ones before are quiet about ``view``)."""
+        segments = view
         current: dict[int, Segment] | None = None  # once a guardrail reports something
         offsets: dict[int, _Offsets] = {}
-        for g, quiet in self._chain:
+        for g, quiet in self._chain[first:] if first else self._chain:
             # A guardrail that finds nothing neither edits nor decides: skipping it changes
             # nothing, and the ones after it read the same text.
-            if quiet is not None and all(quiet(s.text) for s in view):
+            if quiet is not None and _quiet(quiet, [s.text for s in view]):
                 continue
             try:
                 got = g.check(view, ctx)
@@ -307,6 +323,15 @@ class Engine:
             verdict.decision = Decision.BLOCK
             verdict.reason = f"{UNSCANNABLE}: {', '.join(sorted(kinds))}"
         return verdict
+
+
+def _quiet(quiet: Callable[[str], bool], texts: Sequence[str]) -> bool:
+    """Whether ``quiet`` holds for every text; an error in it is "not quiet": the guardrail's
+    ``check`` runs (and fails the failureMode's way if the error is real)."""
+    try:
+        return all(quiet(t) for t in texts)
+    except Exception:
+        return False
 
 
 def build_engine(
