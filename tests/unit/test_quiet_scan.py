@@ -18,8 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiguard_api.config import PolicyRef, SidecarConfig
-from aiguard_api.policy import AIPolicySpec
 from aiguard_sidecar import hooks
 from aiguard_sidecar.exchange import StreamEvent, TextDelta
 from aiguard_sidecar.guarding import EngineGuardrails, _StreamGuard
@@ -35,6 +33,7 @@ from aiguard_sidecar.guardrails.base import (
 from aiguard_sidecar.guardrails.engine import Engine
 from aiguard_sidecar.guardrails.patterns import Matcher
 from tests.unit.test_guardrail_secrets import NEGATIVES, POSITIVES
+from tests.unit.test_stream_release import config_with_output as config
 
 PII_TEXTS = [
     "write to jane.doe@example.com today",
@@ -70,17 +69,6 @@ OUTPUTS: dict[str, dict[str, Any]] = {
         },
     },
 }
-
-
-def config(output: dict[str, Any]) -> SidecarConfig:
-    spec = AIPolicySpec.model_validate(
-        {
-            "providers": [{"name": "p", "type": "openai-compatible", "baseURL": "https://x"}],
-            "routes": [{"models": ["*"], "targets": [{"provider": "p"}]}],
-            "guardrails": {"output": output},
-        }
-    )
-    return SidecarConfig(policy=PolicyRef(name="p", namespace="team-a"), spec=spec)
 
 
 class Loud:
