@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from aiguard_sidecar import hooks
 from aiguard_sidecar.exchange import StreamEvent, TextDelta
 from aiguard_sidecar.guarding import EngineGuardrails, _StreamGuard
+from aiguard_sidecar.guardrails import patterns
 from aiguard_sidecar.guardrails.base import (
     Direction,
     Finding,
@@ -134,6 +135,12 @@ async def test_whole_texts_get_the_same_verdict(output: dict[str, Any]) -> None:
         assert summary(got) == summary(loud.check(segs, CTX)), text
         found += bool(got.findings)
         skipped += all(x.quiet(text) for x in quiet.guardrails)  # type: ignore[attr-defined]
+    # longer texts are not asked (a late match would be scanned twice): same verdicts
+    long = PROSE[0] * (patterns.QUIET_MAX_CHARS // len(PROSE[0]) + 1)
+    for text in (long, long + " mail jane@example.com", long + " " + POSITIVES[0][0]):
+        assert not any(x.quiet(text) for x in quiet.guardrails)  # type: ignore[attr-defined]
+        segs = [Segment(0, text, Role.OUTPUT)]
+        assert summary(quiet.check(segs, CTX)) == summary(loud.check(segs, CTX))
     # several segments at once, some clean, some not
     segs = [Segment(i, t, Role.OUTPUT) for i, t in enumerate(PROSE + MIXED + PII_TEXTS)]
     assert summary(quiet.check(segs, CTX)) == summary(loud.check(segs, CTX))

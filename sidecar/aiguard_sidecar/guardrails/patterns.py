@@ -57,6 +57,9 @@ Adjust = Callable[[str, int, int], tuple[int, int]]
 MAX_MATCHES: Final = 100_000  # per scanned text; more means adversarial input
 CONTEXT_BEFORE: Final = 48  # characters searched for context words before a candidate
 CONTEXT_AFTER: Final = 24  # ... and after it
+QUIET_MAX_CHARS: Final = 2048
+"""Longer texts are not asked ``quiet`` (``Matcher.any``): their scan costs more than the
+Python it could save, and a match near their end would have them scanned twice."""
 
 
 class ScanLimitError(RuntimeError):
