@@ -1971,6 +1971,13 @@ def compare_main(argv: Sequence[str]) -> int:
         default=0,
         help="also streamed TTFT, targets taking turns request by request (0: skip)",
     )
+    ap.add_argument(
+        "--chunk-delay",
+        type=float,
+        default=0.0,
+        help="stand-in delay before each streamed delta (s); 0.005 is what --ttft-only uses: "
+        "the first token then meets the sidecar idle (cold caches), as between real tokens",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / f"{NAME}_compare.json")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="aiguard-bench-compare-"))
@@ -1994,6 +2001,7 @@ def compare_main(argv: Sequence[str]) -> int:
             [
                 *(sys.executable, "-m", "benchmarks.sidecar_proxy", "standin"),
                 *("--port", str(port), "--openai-key", REAL_KEY),
+                *("--chunk-delay", str(args.chunk_delay)),
             ],
         )
         wait_tcp(port, st)
@@ -2042,7 +2050,8 @@ def compare_main(argv: Sequence[str]) -> int:
         runs: dict[tuple[str, int], list[dict[str, float]]] = {}
         ttft: dict[str, Any] = {}
         if args.ttft_requests > 0:
-            ttft = _compare_ttft(targets, side, direct, args.ttft_requests)
+            ttft = _compare_ttft(targets, side, direct, args.ttft_requests, f"sidecar@{args.ref}")
+            ttft["chunk_delay_ms"] = args.chunk_delay * 1000
         for conns in args.connections:
             for name, (url, _) in targets.items():
                 gen.run(url, scripts["direct" if name == "direct" else "side"], conns, 1)
@@ -2127,9 +2136,11 @@ def _compare_ttft(
     side: dict[str, str],
     direct: dict[str, str],
     n: int,
+    ref: str,
 ) -> dict[str, Any]:
-    """Streamed time to first token of each target (stand-in without chunk delay, 200 B body),
-    the targets taking turns request by request; overhead = p50 and paired p50 minus direct."""
+    """Streamed time to first token of each target (200 B body; the stand-in's chunk delay is
+    ``--chunk-delay``), the targets taking turns request by request; overhead = p50 and paired
+    p50 minus direct; the tree's paired p50 minus the ``ref`` sidecar's."""
     body = chat_body(200, stream=True, unique=False)
     order = [
         (name, url, direct if name == "direct" else side, body)
@@ -2150,6 +2161,12 @@ def _compare_ttft(
             if paired:
                 row["overhead_paired_p50_ms"] = common.rounded(statistics.median(paired) * 1000)
         out[name] = row
+    if "sidecar" in samples and ref in samples:
+        vs = [
+            x - y for (_, x), (_, y) in _pairs(samples["sidecar"]["rounds"], samples[ref]["rounds"])
+        ]
+        if vs:
+            out["sidecar"]["minus_ref_paired_p50_ms"] = common.rounded(statistics.median(vs) * 1000)
     return out
 
 

@@ -263,6 +263,9 @@ class EngineGuardrails:
         self._engines: Engines | None = None
         self._endpoints: dict[str, ModerationEndpoint] = {}
         """External moderation endpoints by side (``moderation_endpoint.py``)."""
+        self.failure_open = cfg.spec.failure_mode is FailureMode.OPEN
+        self._output_ctx: dict[str | None, ScanContext] = {}
+        """The scan context of streamed output by model (immutable: shared by streams)."""
 
     async def prepare(self) -> None:
         """Build the engines in a worker thread (``runtime.build`` awaits this)."""
@@ -390,15 +393,22 @@ class EngineGuardrails:
         endpoint = self._endpoints.get("output")
         if not engine.guardrails and not exchange.pseudonyms and endpoint is None:
             return None
+        model = exchange.model or None
+        ctx = self._output_ctx.get(model)
+        if ctx is None:
+            if len(self._output_ctx) >= 64:  # model names come from requests: bounded
+                self._output_ctx.clear()
+            ctx = self._output_ctx[model] = ScanContext(Direction.OUTPUT, model)
         return _StreamGuard(
             engine,
             self.holdback,
-            exchange.model or None,
+            model,
             exchange.pseudonyms,
             restore_tools=self.restore_tools,
             endpoint=endpoint,
-            failure_open=self.cfg.spec.failure_mode is FailureMode.OPEN,
+            failure_open=self.failure_open,
             adaptive=self.adaptive,
+            ctx=ctx,
         )
 
     async def close(self) -> None:
@@ -458,6 +468,10 @@ _DIGITS_RUN: Final = re.compile(r"\S*\d\S*")
 # "jane.doe@example.com") unless a character no email, key or number continues with ends it
 _FINISHED_RUN: Final = re.compile(r"[^\s\d@]*[!?,;)\"]")
 _OPEN_RUN: Final = re.compile(r"\S*\Z")
+# cheap answers first: no digit at all means no run with digits; a last character that is
+# whitespace means no open run (the same \d and \s as above)
+_DIGIT: Final = re.compile(r"\d")
+_SPACE: Final = re.compile(r"\s")
 
 
 def adaptive_release(output: OutputGuardrails) -> bool:
@@ -508,6 +522,7 @@ class _StreamGuard:
         endpoint: ModerationEndpoint | None = None,
         failure_open: bool = False,
         adaptive: bool = False,
+        ctx: ScanContext | None = None,
     ) -> None:
         self.engine = engine
         self.endpoint = endpoint
@@ -517,7 +532,7 @@ class _StreamGuard:
         self._escaped: dict[str, str] | None = None
         self.holdback = holdback
         self.adaptive = adaptive
-        self.ctx = ScanContext(Direction.OUTPUT, model)
+        self.ctx = ctx if ctx is not None else ScanContext(Direction.OUTPUT, model)
         self.slots: dict[int | str, _Slot] = {}
         self.held: collections.deque[_Held] = collections.deque()
         self.held_chars = 0
@@ -526,10 +541,9 @@ class _StreamGuard:
         start = max(0, slot.sent - self.holdback)
         new: list[Finding] = []
         fresh: list[Replacement] = []
-        if self.engine.guardrails:
-            verdict = self.engine.check(
-                [Segment(slot.index, slot.text[start:], Role.OUTPUT)], self.ctx
-            )
+        # None: every guardrail is quiet about the window (nothing in it)
+        verdict = self.engine.check_one(slot.index, slot.text[start:], Role.OUTPUT, self.ctx)
+        if verdict is not None:
             for f in verdict.findings:
                 key = (f.guardrail, f.type, -1 if (f.start, f.end) == (0, 0) else f.start + start)
                 if key not in slot.seen:
@@ -551,10 +565,11 @@ class _StreamGuard:
         restored: tuple[tuple[str, str, str, int], ...] = ()
         if self.pseudonyms:
             fresh, restored = self._restores(slot, start, fresh)
-        slot.reps = [r for r in slot.reps if r.end <= start or r.start < slot.sent] + [
-            r for r in fresh if r.start >= slot.sent or r.end > slot.sent
-        ]
-        slot.reps.sort(key=lambda r: (r.start, r.end))
+        if fresh or slot.reps:
+            slot.reps = [r for r in slot.reps if r.end <= start or r.start < slot.sent] + [
+                r for r in fresh if r.start >= slot.sent or r.end > slot.sent
+            ]
+            slot.reps.sort(key=lambda r: (r.start, r.end))
         if not new:
             return hooks.GuardDecision(counts=restored) if restored else hooks.ALLOW
         return hooks.GuardDecision(
@@ -619,9 +634,13 @@ class _StreamGuard:
     ) -> str:
         """The text to send for original span ``[a, b)`` of ``slot`` (``reps``: instead of
         the slot's replacements)."""
+        if reps is None:
+            reps = slot.reps
+        if not reps:
+            return slot.text[a:b]
         out: list[str] = []
         pos = a
-        for r in slot.reps if reps is None else reps:
+        for r in reps:
             if r.end <= a and r.start < a:
                 continue
             if r.start >= b:
@@ -643,17 +662,21 @@ class _StreamGuard:
             if r.end >= end:
                 cut = min(cut, r.start)
         lo = max(slot.sent, end - self.holdback)
-        for m in _DIGITS_RUN.finditer(text, lo):
-            if m.end() > end - NUMBER_CONTEXT:
-                cut = min(cut, m.start())
-                break
-        open_run = _OPEN_RUN.search(text, lo)
-        if (
-            open_run is not None
-            and open_run.group()
-            and not _FINISHED_RUN.fullmatch(open_run.group())
-        ):
-            cut = min(cut, open_run.start())
+        if lo >= end:
+            return lo  # nothing unsent in the window
+        if _DIGIT.search(text, lo) is not None:
+            for m in _DIGITS_RUN.finditer(text, lo):
+                if m.end() > end - NUMBER_CONTEXT:
+                    cut = min(cut, m.start())
+                    break
+        if _SPACE.match(text, end - 1) is None:  # else the text ends with a finished word
+            open_run = _OPEN_RUN.search(text, lo)
+            if (
+                open_run is not None
+                and open_run.group()
+                and not _FINISHED_RUN.fullmatch(open_run.group())
+            ):
+                cut = min(cut, open_run.start())
         return max(cut, lo)  # never more than holdbackChars held
 
     def _release(self, *, everything: bool) -> list[StreamEvent]:
@@ -667,10 +690,14 @@ class _StreamGuard:
                     if self.held_chars <= self.holdback:
                         break
                 else:
-                    for slot, _, _ in self.held[0].ranges:
-                        if slot.index not in cuts:
-                            cuts[slot.index] = self._safe_cut(slot)
-                    if any(b > cuts[slot.index] for slot, _, b in self.held[0].ranges):
+                    early = False  # the event reaches past where its slot may be cut
+                    for slot, _, b in self.held[0].ranges:
+                        cut = cuts.get(slot.index)
+                        if cut is None:
+                            cut = cuts[slot.index] = self._safe_cut(slot)
+                        if b > cut:
+                            early = True
+                    if early:
                         break
             h = self.held.popleft()
             self.held_chars -= h.chars
@@ -719,22 +746,26 @@ class _StreamGuard:
             return _with(found, hooks.Verdict.ALLOW, released)
         ranges: list[tuple[_Slot, int, int]] = []
         touched: dict[int, _Slot] = {}
+        chars = 0
         for d in deltas:
             slot = self.slots.get(d.slot)
             if slot is None:
                 slot = self.slots[d.slot] = _Slot(len(self.slots), d.json_text)
             a = len(slot.text)
             slot.text += d.text
-            ranges.append((slot, a, len(slot.text)))
+            b = len(slot.text)
+            ranges.append((slot, a, b))
             touched[slot.index] = slot
-        chars = sum(b - a for _, a, b in ranges)
+            chars += b - a
         self.held.append(_Held(event, ranges, chars))
         self.held_chars += chars
         found = hooks.ALLOW
         for slot in touched.values():
-            found = self._merge(found, self._scan(slot))
-            if found.blocked:
-                return found
+            scanned = self._scan(slot)
+            if scanned is not hooks.ALLOW:
+                found = self._merge(found, scanned)
+                if found.blocked:
+                    return found
         now = self._release(everything=False)
         if now and now[-1] is event:
             return _with(found, hooks.Verdict.ALLOW, tuple(now[:-1]))
@@ -797,4 +828,6 @@ class _StreamGuard:
 def _with(
     d: hooks.GuardDecision, verdict: hooks.Verdict, released: tuple[StreamEvent, ...]
 ) -> hooks.GuardDecision:
+    if d is hooks.ALLOW and verdict is hooks.Verdict.ALLOW and not released:
+        return d
     return hooks.GuardDecision(verdict, d.rule, d.reason, d.findings, d.counts, released)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiguard_sidecar.errors import ErrorKind, ProxyError
 from aiguard_sidecar.exchange import Api, EventAction, Exchange, Role
 from aiguard_sidecar.providers import ANTHROPIC, OPENAI
+from aiguard_sidecar.providers import sse as sse_module
 from aiguard_sidecar.providers.base import StreamParser
 from aiguard_sidecar.providers.sse import SSESplitter, parse_block
 
@@ -287,3 +288,12 @@ def test_error_bodies_in_each_format() -> None:
         ProxyError(ErrorKind.BAD_GATEWAY, "broke", code="upstream_error"), chat
     )
     assert json.loads(parse_block(event)[1] or "")["error"]["message"] == "broke"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64), st.sampled_from([b"data: ", b"data:", b"event: x\ndata: ", b""]))
+def test_parse_block_one_data_line_reads_like_any_block(value: bytes, head: bytes) -> None:
+    """The one-``data:``-line shortcut gives what reading the block line by line gives,
+    for any bytes (invalid UTF-8, CR, colons) on that line."""
+    for block in (head + value + b"\n\n", head + value.replace(b"\n", b"") + b"\n\n"):
+        assert parse_block(block) == sse_module._parse_lines(block)

@@ -9,16 +9,21 @@ no more than ``holdbackChars`` characters are held. An event goes out whole or n
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aiguard_api import view
 from aiguard_api.config import PolicyRef, SidecarConfig, to_view
 from aiguard_api.policy import AIPolicySpec
 from aiguard_sidecar import hooks, providers
 from aiguard_sidecar.exchange import Api, StreamEvent, TextDelta
-from aiguard_sidecar.guarding import NUMBER_CONTEXT, EngineGuardrails
+from aiguard_sidecar.guarding import NUMBER_CONTEXT, EngineGuardrails, _Slot, _StreamGuard
+from aiguard_sidecar.guardrails.base import Direction, Replacement
+from aiguard_sidecar.guardrails.engine import Engine
 
 
 def config(**streaming: Any) -> view.SidecarConfig:
@@ -134,3 +139,42 @@ async def test_chains_with_values_of_unknown_shape_use_the_window(output: dict[s
     c = await client(config_with_output({**output, "streaming": {"holdbackChars": 16}}))
     assert c.send("Hello there,") == ""
     assert c.send(" how are") == "Hello there,"
+
+
+def reference_cut(text: str, sent: int, holdback: int, reps: list[tuple[int, int]]) -> int:
+    """The adaptive cut as first written: every regex run on every window."""
+    end = len(text)
+    cut = end
+    for a, b in reps:
+        if b >= end:
+            cut = min(cut, a)
+    lo = max(sent, end - holdback)
+    for m in re.compile(r"\S*\d\S*").finditer(text, lo):
+        if m.end() > end - NUMBER_CONTEXT:
+            cut = min(cut, m.start())
+            break
+    open_run = re.compile(r"\S*\Z").search(text, lo)
+    finished = re.compile(r"[^\s\d@]*[!?,;)\"]")
+    if open_run is not None and open_run.group() and not finished.fullmatch(open_run.group()):
+        cut = min(cut, open_run.start())
+    return max(cut, lo)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from(list('ab9 \n\t\u00a0\u2003@!,;)".٣')), max_size=60),
+    st.integers(0, 70),
+    st.integers(1, 64),
+    st.lists(st.tuples(st.integers(0, 70), st.integers(0, 70)), max_size=3),
+)
+def test_the_adaptive_cut_is_the_one_every_regex_gives(
+    text: str, sent: int, holdback: int, spans: list[tuple[int, int]]
+) -> None:
+    """The cut's shortcuts (no digit: no number run; a whitespace last: no open word; nothing
+    unsent: nothing to cut) never change it, whatever the text, Unicode digits and spaces
+    included."""
+    sent = min(sent, len(text))
+    reps = sorted((min(a, b), max(a, b)) for a, b in spans)
+    guard = _StreamGuard(Engine(Direction.OUTPUT, []), holdback, None, adaptive=True)
+    slot = _Slot(0, text=text, sent=sent, reps=[Replacement(a, b, "x") for a, b in reps])
+    assert guard._safe_cut(slot) == reference_cut(text, sent, holdback, reps)

@@ -41,7 +41,7 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from aiguard_api.policy_types import FailureMode, UnscannableAction
@@ -53,6 +53,7 @@ from aiguard_sidecar.guardrails.base import (
     Finding,
     Guardrail,
     Replacement,
+    Role,
     ScanContext,
     Segment,
     Verdict,
@@ -150,6 +151,12 @@ class Engine:
         self.unscannable_action = unscannable
         self.validation = validation
         self.cpu_heavy = any(getattr(g, "cpu_heavy", False) for g in self.guardrails)
+        # ``quiet``, an optional attribute of a guardrail: None, or a function of a text that
+        # is True only when the guardrail's ``check`` certainly finds nothing in it (no pattern
+        # matches it); the guardrail is then not called for that text
+        self._chain: tuple[tuple[Guardrail, Callable[[str], bool] | None], ...] = tuple(
+            (g, getattr(g, "quiet", None)) for g in self.guardrails
+        )
 
     @property
     def names(self) -> list[str]:
@@ -176,14 +183,35 @@ class Engine:
         unscannable: int | Mapping[str, int] = 0,
     ) -> Verdict:
         """Run the chain over ``segments``. See the module docstring for what comes back."""
-        verdict = self._unscannable(unscannable)
+        verdict = self._unscannable(unscannable) if unscannable else Verdict()
         if not segments or not self.guardrails:
             return verdict
-        current: dict[int, Segment] = {s.index: s for s in segments}
-        originals = {s.index: s.text for s in segments}
+        # one segment per index (the last one of an index wins)
+        view: Sequence[Segment] = (
+            segments if len(segments) == 1 else list({s.index: s for s in segments}.values())
+        )
+        return self._run(view, ctx, verdict, 0)
+
+    def check_one(self, index: int, text: str, role: Role, ctx: ScanContext) -> Verdict | None:
+        """``check`` of one segment, or None when every guardrail of the chain is quiet about
+        ``text`` (no verdict is built: the stream windows with nothing in them)."""
+        for i, (_, quiet) in enumerate(self._chain):
+            if quiet is None or not _quiet(quiet, (text,)):
+                return self._run([Segment(index, text, role)], ctx, Verdict(), i)
+        return None
+
+    def _run(
+        self, view: Sequence[Segment], ctx: ScanContext, verdict: Verdict, first: int
+    ) -> Verdict:
+        """The chain from its ``first`` guardrail (the ones before are quiet about ``view``)."""
+        segments = view
+        current: dict[int, Segment] | None = None  # once a guardrail reports something
         offsets: dict[int, _Offsets] = {}
-        view = list(current.values())
-        for g in self.guardrails:
+        for g, quiet in self._chain[first:] if first else self._chain:
+            # A guardrail that finds nothing neither edits nor decides: skipping it changes
+            # nothing, and the ones after it read the same text.
+            if quiet is not None and _quiet(quiet, [s.text for s in view]):
+                continue
             try:
                 got = g.check(view, ctx)
             except Exception as e:
@@ -191,9 +219,14 @@ class Engine:
                 log.debug("guardrail %s failure", g.name, exc_info=True)
                 got = self._failure(g.name, f"error ({type(e).__name__})")
             if got.findings or got.edits or got.pseudonyms or got.decision:
+                if current is None:
+                    current = {s.index: s for s in view}
                 self._merge(verdict, got, current, offsets)
                 if got.edits:
                     view = list(current.values())
+        if not offsets or current is None:
+            return verdict  # no edits
+        originals = {s.index: s.text for s in segments}
         for index, off in offsets.items():
             text = current[index].text
             if text != originals[index]:
@@ -284,6 +317,15 @@ class Engine:
             verdict.decision = Decision.BLOCK
             verdict.reason = f"{UNSCANNABLE}: {', '.join(sorted(kinds))}"
         return verdict
+
+
+def _quiet(quiet: Callable[[str], bool], texts: Sequence[str]) -> bool:
+    """Whether ``quiet`` holds for every text; an error in it is "not quiet": the guardrail's
+    ``check`` runs (and fails the failureMode's way if the error is real)."""
+    try:
+        return all(quiet(t) for t in texts)
+    except Exception:
+        return False
 
 
 def build_engine(

@@ -57,6 +57,9 @@ Adjust = Callable[[str, int, int], tuple[int, int]]
 MAX_MATCHES: Final = 100_000  # per scanned text; more means adversarial input
 CONTEXT_BEFORE: Final = 48  # characters searched for context words before a candidate
 CONTEXT_AFTER: Final = 24  # ... and after it
+QUIET_MAX_CHARS: Final = 2048
+"""Longer texts are not asked ``quiet`` (``Matcher.any``): their scan costs more than the
+Python it could save, and a match near their end would have them scanned twice."""
 
 
 class ScanLimitError(RuntimeError):
@@ -138,6 +141,10 @@ def _on_match(
 ) -> bool:
     hits.append((rule_id, start, end))
     return len(hits) >= MAX_MATCHES
+
+
+def _stop(_rule_id: int, _start: int, _end: int, _flags: int, _context: object) -> bool:
+    return True  # the first match answers ``Matcher.any``
 
 
 def compiles(
@@ -274,6 +281,31 @@ class Matcher:
                     if len(hits) >= MAX_MATCHES:
                         raise ScanLimitError(f"more than {MAX_MATCHES} raw matches")
         return hits
+
+    def any(self, text: str) -> bool:
+        """Whether :meth:`raw` would report at least one hit (False: it reports none). Stops
+        at the first match, so a text with nothing in it costs one short Hyperscan call per
+        database and no Python per hit (the guardrails' ``quiet``)."""
+        if not text:
+            return False
+        if self._fallback:
+            return True  # Python ``re`` patterns: not worth a second pass here
+        scanned = False
+        try:
+            if self._db is not None or self._udb is not None:
+                scratch, uscratch = self._scratch()
+                if self._db is not None:
+                    self._db.scan(
+                        text.encode("ascii", "replace"), match_event_handler=_stop, scratch=scratch
+                    )
+                if self._udb is not None:
+                    self._udb.scan(
+                        text.encode("utf-8", "replace"), match_event_handler=_stop, scratch=uscratch
+                    )
+            scanned = True
+        except hyperscan.ScanTerminated:
+            pass
+        return not scanned
 
     def find(self, text: str, threshold: float = 1.0) -> list[Candidate]:
         """Validated, scored candidates (overlapping each other; see ``resolve_overlaps``).

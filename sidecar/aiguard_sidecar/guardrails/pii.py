@@ -228,6 +228,18 @@ class PIIGuard:
         self._cached_spans: Callable[[str], tuple[PIISpan, ...]] = (
             patterns.TextCache(self._detect) if cache else self._detect
         )
+        # ``quiet(text)``: True only when ``check`` certainly finds nothing in ``text``: not
+        # one pattern matches it (one short Hyperscan call, :meth:`Matcher.any`); the engine
+        # then skips the guardrail. Texts up to QUIET_MAX_CHARS, and only where pattern hits
+        # are the only source of findings (no NER) and detection is not cached (a cached text
+        # costs less than a second scan).
+        # A closure over the matcher: no reference cycle through ``self``.
+        self.quiet: Callable[[str], bool] | None = None
+        if not cache and ner is None:
+            matcher = self._matcher
+            self.quiet = lambda text: (
+                len(text) <= patterns.QUIET_MAX_CHARS and not matcher.any(text)
+            )
         self._hash_key = hash_key
         if hash_key is None and PIIAction.HASH in {*cfg.entities.values(), *actions}:
             log.warning("pii: hash action without hashKeySecretRef; using a per-process key")

@@ -782,6 +782,17 @@ class SecretsGuard:
         self._cached_find: Callable[[str], tuple[Candidate, ...]] = (
             patterns.TextCache(self._detect) if cache else self._detect
         )
+        # ``quiet(text)``: True only when ``check`` certainly finds nothing in ``text``: not
+        # one rule matches it (one short Hyperscan call, :meth:`Matcher.any`); the engine then
+        # skips the guardrail (texts up to QUIET_MAX_CHARS). Not when detection is cached (a
+        # cached text costs less than a second scan). A closure over the matcher: no reference
+        # cycle through ``self``.
+        self.quiet: Callable[[str], bool] | None = None
+        if not cache:
+            matcher = self._matcher
+            self.quiet = lambda text: (
+                len(text) <= patterns.QUIET_MAX_CHARS and not matcher.any(text)
+            )
 
     def find(self, text: str) -> list[Candidate]:
         """Secrets in ``text``, non-overlapping, sorted by start."""

@@ -67,6 +67,14 @@ def parse_block(block: bytes) -> tuple[str | None, str | None]:
 
     Returns ``(None, None)`` for a block with neither field (a comment or keep-alive).
     """
+    if block[:6] == b"data: " and block.find(b"\n") == len(block) - 2 and block[-1:] == b"\n":
+        # one ``data: `` line and the blank one (OpenAI's chunks): the line is the data. Its
+        # ends are ASCII, so decoding the slice gives the same text as decoding the block.
+        return None, block[6:-2].decode("utf-8", "replace")
+    return _parse_lines(block)
+
+
+def _parse_lines(block: bytes) -> tuple[str | None, str | None]:
     name: str | None = None
     data: list[str] = []
     for line in block.decode("utf-8", "replace").split("\n"):
