@@ -879,7 +879,15 @@ class Pipeline:
                         # output guardrails hold it back from the client for a while.
                         rec.ttft_seconds = loop.time() - start
                     if guard is not None:
-                        verdict = guard.on_event(event)
+                        try:
+                            verdict = guard.on_event(event)
+                        except Exception as e:
+                            blocked = self._stream_guard_failed(rec, rt, e, shadow)
+                            if blocked is not None:
+                                break
+                            guard = None  # audit mode: it held nothing; relay on without it
+                            (final if parser.done else pieces).append(event.raw)
+                            continue
                         if verdict.counts:
                             rec.count_findings("output", verdict.counts)
                         if shadow:
@@ -921,7 +929,11 @@ class Pipeline:
             raise _AttemptFailed(broken)
         if guard is not None and broken is None and blocked is None:
             finish = getattr(guard, "finish", None)  # optional async end (hooks.StreamGuard)
-            verdict = await finish() if finish is not None else guard.on_end()
+            try:
+                verdict = await finish() if finish is not None else guard.on_end()
+            except Exception as e:
+                verdict = ALLOW  # nothing more to release or count
+                blocked = self._stream_guard_failed(rec, rt, e, shadow)
             if verdict.counts:
                 rec.count_findings("output", verdict.counts)
             tail = [] if shadow else [e.render() for e in verdict.released]
@@ -987,6 +999,30 @@ class Pipeline:
             f"aiguard policy {rt.name}: the response was stopped by {rule or 'a guardrail'}"
             + (f": {reason}" if reason else ""),
             code="guardrail_blocked",
+            rule=rule,
+        )
+
+    def _stream_guard_failed(
+        self, rec: RequestRecord, rt: Runtime, error: Exception, shadow: bool
+    ) -> ProxyError | None:
+        """The stream guard itself raised (a guardrail's own error is its failureMode's, inside
+        the guard): what it holds back can no longer be trusted, so the stream ends here with an
+        error event, in either failureMode, and the audit event says so. In audit mode the guard
+        holds nothing back: the failure is recorded and the stream goes on (None)."""
+        log.exception(
+            "output stream guard failed",
+            extra={"fields": {"request_id": rec.request_id, "stream_ends": not shadow}},
+        )
+        rule = "guardrails.output"
+        reason = f"stream guard error ({type(error).__name__})"
+        rec.decisions.append(Decision("guardrail", False, rule, reason, enforced=not shadow))
+        if shadow:
+            return None
+        rec.outcome = "guardrail_error"
+        return ProxyError(
+            ErrorKind.UNAVAILABLE,
+            f"aiguard policy {rt.name}: the output guardrails failed on this stream",
+            code="guardrail_error",
             rule=rule,
         )
 

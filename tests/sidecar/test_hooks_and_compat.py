@@ -4,6 +4,7 @@ keyless)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import anthropic
@@ -131,6 +132,91 @@ async def test_a_failing_guardrail_fails_closed_by_default(
     opened = await start_sidecar(make_policy(upstream, failureMode="open"), guardrails=Broken)
     r = await opened.openai().chat.completions.create(model="gpt-4o", messages=user("hi"))
     assert r.choices[0].message.content == "echo: hi"
+
+
+class _Buggy:
+    """A stream guard with a bug: it raises on its ``fail_at``-th event, or at the end."""
+
+    def __init__(self, fail_at: int | None) -> None:
+        self.fail_at = fail_at
+        self.events = 0
+
+    def on_event(self, event: StreamEvent) -> GuardDecision:
+        self.events += 1
+        if self.events == self.fail_at:
+            raise RuntimeError("bug in the stream guard")
+        return ALLOW
+
+    def on_end(self) -> GuardDecision:
+        if self.fail_at is None:
+            raise RuntimeError("bug at the end of the stream guard")
+        return ALLOW
+
+
+def buggy(fail_at: int | None) -> Any:
+    class Buggy(ToyGuardrails):
+        def output_stream(self, exchange: Exchange) -> StreamGuard | None:
+            return _Buggy(fail_at)
+
+    return Buggy
+
+
+async def _read(stream: Any) -> str:
+    seen: list[str] = []
+    async for chunk in stream:
+        if chunk.choices:
+            seen.append(chunk.choices[0].delta.content or "")
+    return "".join(seen)
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, None], ids=["first-event", "mid-stream", "at-end"])
+@pytest.mark.parametrize("failure_mode", ["closed", "open"])
+async def test_a_stream_guard_that_raises_ends_the_stream_with_an_error_event(
+    start_sidecar: StartSidecar, upstream: ProviderStandIn, fail_at: int | None, failure_mode: str
+) -> None:
+    """Not a guardrail's error (its failureMode decides that, inside the guard) but the guard's
+    own: what it held back cannot be trusted, so in either failureMode the client's stream
+    ends with an error event, never hangs and never completes as if whole, and the audit event
+    says why."""
+    upstream.reply = ["one ", "two ", "three ", "four"]
+    sc = await start_sidecar(
+        make_policy(upstream, failureMode=failure_mode), guardrails=buggy(fail_at)
+    )
+    stream = await sc.openai().chat.completions.create(
+        model="gpt-4o", messages=user("count"), stream=True
+    )
+    with pytest.raises(openai.APIError) as info:
+        await asyncio.wait_for(_read(stream), 30)
+    assert "the output guardrails failed on this stream" in info.value.message
+    rec = sc.sink.last
+    assert rec.outcome == "guardrail_error"
+    (decision,) = [d for d in rec.decisions if d.stage == "guardrail"]
+    assert (decision.allowed, decision.enforced, decision.rule) == (
+        False,
+        True,
+        "guardrails.output",
+    )
+    assert "RuntimeError" in decision.reason
+    # the sidecar is unharmed
+    r = await sc.openai().chat.completions.create(model="gpt-4o", messages=user("hi"))
+    assert r.choices[0].message.content == "one two three four"
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, None], ids=["first-event", "mid-stream", "at-end"])
+async def test_in_audit_mode_a_failing_stream_guard_is_recorded_and_the_stream_goes_on(
+    start_sidecar: StartSidecar, upstream: ProviderStandIn, fail_at: int | None
+) -> None:
+    upstream.reply = ["one ", "two ", "three ", "four"]
+    sc = await start_sidecar(make_policy(upstream, mode="audit"), guardrails=buggy(fail_at))
+    stream = await sc.openai().chat.completions.create(
+        model="gpt-4o", messages=user("count"), stream=True
+    )
+    assert await asyncio.wait_for(_read(stream), 30) == "one two three four"
+    rec = sc.sink.last
+    assert rec.outcome == "ok"
+    (decision,) = [d for d in rec.decisions if d.stage == "guardrail"]
+    assert (decision.allowed, decision.enforced) == (False, False)
+    assert "RuntimeError" in decision.reason
 
 
 async def test_openai_compatible_server_over_plain_http(
