@@ -45,6 +45,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from aiguard_api.config import view_of
 from aiguard_api.policy import InputGuardrails
 from benchmarks import common
 from benchmarks.sidecar_proxy import chat_body
@@ -137,7 +138,7 @@ class Impl:
         self.Segment = base.Segment
         self.Role = base.Role
         self.ctx = base.ScanContext(base.Direction.INPUT)
-        self.engine = engine_mod.build_engine(InputGuardrails())
+        self.engine = engine_mod.build_engine(view_of(InputGuardrails()))
         if self.engine.unavailable:
             raise SystemExit(f"{label}: guardrails not loadable: {self.engine.unavailable}")
 

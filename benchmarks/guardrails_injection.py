@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from aiguard_api import policy
+from aiguard_api.config import view_of
 from aiguard_sidecar.guardrails import injection, linear, textnorm
 from aiguard_sidecar.guardrails.base import Direction, Role, ScanContext, Segment
 from benchmarks import _guardrail_data as data
@@ -106,7 +107,7 @@ def evaluate(eval_dir: Path = data.DEFAULT_EVAL_DIR, *, timing: bool = True) -> 
     def full(text: str, role: Role = Role.USER) -> float:
         return injection.score_text(text, model=model, role=role).score
 
-    guard = injection.PromptInjectionGuardrail(policy.PromptInjectionGuardrail())
+    guard = injection.PromptInjectionGuardrail(view_of(policy.PromptInjectionGuardrail()))
     variants: dict[str, Scorer] = {
         "combined": lambda t, system: _in_request(guard, t, system),
         # the classifier reads the user turn alone: no signatures, so no context either
@@ -330,7 +331,7 @@ def _texts_2kb(rows: Sequence[data.Row], n: int = 400) -> list[str]:
 
 def cpu_per_2kb(rows: Sequence[data.Row], model: linear.CompactModel) -> dict[str, Any]:
     texts = _texts_2kb(rows)
-    guard = injection.PromptInjectionGuardrail(policy.PromptInjectionGuardrail())
+    guard = injection.PromptInjectionGuardrail(view_of(policy.PromptInjectionGuardrail()))
     ctx = ScanContext(direction=Direction.INPUT)
     segs = [[Segment(0, t, Role.USER)] for t in texts]
     for s in segs[:20]:  # warm up

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aiguard_api import policy
+from aiguard_api.config import view_of
 from aiguard_sidecar.guardrails import linear, moderation, textnorm
 from aiguard_sidecar.guardrails.base import Direction, Role, ScanContext, Segment
 from benchmarks import _guardrail_data as data
@@ -143,7 +144,7 @@ def cpu_per_2kb(rows: Sequence[data.Row], n: int = 400) -> dict[str, Any]:
             raw = buf.encode("utf-8")[:2048].decode("utf-8", "ignore")
             texts.append(raw)
             buf = buf[len(raw) :]
-    guard = moderation.ModerationGuardrail(policy.ModerationGuardrail())
+    guard = moderation.ModerationGuardrail(view_of(policy.ModerationGuardrail()))
     ctx = ScanContext(direction=Direction.OUTPUT)
     for t in texts[:20]:
         guard.check([Segment(0, t, Role.OUTPUT)], ctx)

@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from aiguard_api.config import view_of
 from aiguard_api.policy import (
     NER,
     InputGuardrails,
@@ -186,7 +187,7 @@ def aiguard_predictor(*, ner: bool) -> tuple[Predictor, PIIGuard]:
     # the policy defaults: threshold 0.5 (context words are consulted to lift weak candidates
     # over it), NER threshold 0.6
     cfg = PIIGuardrail(entities=entities, ner=NER(enabled=ner))
-    g = registry.REGISTRY["pii"](cfg, registry.BuildContext(Direction.INPUT))
+    g = registry.REGISTRY["pii"](view_of(cfg), registry.BuildContext(Direction.INPUT))
     assert isinstance(g, PIIGuard)
 
     def predict(text: str) -> list[tuple[str, int, int, float]]:
@@ -275,7 +276,7 @@ def cpu_per_call(fn: Callable[[str], object], inputs: Sequence[str], *, rounds: 
 
 
 def default_chain() -> tuple[dict[str, Any], Engine]:
-    engine = build_engine(InputGuardrails())
+    engine = build_engine(view_of(InputGuardrails()))
     note = ""
     if engine.unavailable:
         note = f"left out (not loadable here): {', '.join(engine.unavailable)}"

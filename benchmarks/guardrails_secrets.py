@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aiguard_api.config import view_of
 from aiguard_api.policy import SecretsGuardrail
 from aiguard_sidecar.guardrails import patterns
 from aiguard_sidecar.guardrails.secrets import SecretsGuard
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="secrets guardrail benchmark")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
-    guard = SecretsGuard(SecretsGuardrail())
+    guard = SecretsGuard(view_of(SecretsGuardrail()))
     rows = load("secrets.dev.jsonl")
 
     by_source: dict[str, Counter[str]] = defaultdict(Counter)

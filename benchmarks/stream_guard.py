@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aiguard_api.config import view_of
 from aiguard_api.policy import AIPolicySpec, Operation
 from aiguard_sidecar.exchange import Api, Exchange, WireFormat
 from aiguard_sidecar.guarding import _StreamGuard, build_cached
@@ -69,7 +70,7 @@ def _engine() -> Engine:
             "guardrails": {"input": {"promptInjection": {"enabled": False}}},
         }
     )
-    return build_cached(spec, lambda name, key: Path("/nonexistent") / name / key).output
+    return build_cached(view_of(spec), lambda name, key: Path("/nonexistent") / name / key).output
 
 
 def _blocks(words: list[str], events: int, *, tool: bool) -> list[bytes]:
