@@ -490,6 +490,11 @@ class _Slot:
     text: str = ""
     sent: int = 0  # original characters released so far
     reps: list[Replacement] = field(default_factory=list)  # absolute original coordinates
+    # Replacements wholly before the scan window: released, never rescanned; only a closing
+    # snapshot (the whole text again) reads them. Kept apart so that the per-event work
+    # (rewrite, safe cut, merging a scan's replacements) stays within the window: a long
+    # answer full of restored placeholders is not quadratic.
+    done: list[Replacement] = field(default_factory=list)
     seen: set[tuple[str, str, int]] = field(default_factory=set)  # findings already counted
     restores: dict[int, Replacement] = field(default_factory=dict)  # placeholder start → rep
 
@@ -566,7 +571,12 @@ class _StreamGuard:
         if self.pseudonyms:
             fresh, restored = self._restores(slot, start, fresh)
         if fresh or slot.reps:
-            slot.reps = [r for r in slot.reps if r.end <= start or r.start < slot.sent] + [
+            old = slot.reps
+            settled = [r for r in old if r.end <= start]  # (old holds the window's only)
+            if settled:
+                slot.done.extend(settled)
+                old = [r for r in old if r.end > start]
+            slot.reps = [r for r in old if r.start < slot.sent] + [
                 r for r in fresh if r.start >= slot.sent or r.end > slot.sent
             ]
             slot.reps.sort(key=lambda r: (r.start, r.end))
@@ -625,7 +635,8 @@ class _StreamGuard:
             slot = self.slots.get(snap.slot)
             if slot is None:
                 continue
-            sent = self._rewrite(slot, 0, slot.sent)
+            every = sorted(slot.done + slot.reps, key=lambda r: (r.start, r.end))
+            sent = self._rewrite(slot, 0, slot.sent, every)
             if sent != snap.text:
                 event.set_text(snap, sent)
 
@@ -751,9 +762,14 @@ class _StreamGuard:
             slot = self.slots.get(d.slot)
             if slot is None:
                 slot = self.slots[d.slot] = _Slot(len(self.slots), d.json_text)
-            a = len(slot.text)
-            slot.text += d.text
-            b = len(slot.text)
+            # Grown in a local, so CPython extends the string in place when nothing else holds
+            # it (``slot.text += ...`` on the attribute copies the whole answer every event).
+            text = slot.text
+            slot.text = ""
+            a = len(text)
+            text += d.text
+            slot.text = text
+            b = len(text)
             ranges.append((slot, a, b))
             touched[slot.index] = slot
             chars += b - a

@@ -18,7 +18,7 @@ from aiguard_sidecar.guarding import _StreamGuard
 from aiguard_sidecar.guardrails.base import Direction
 from aiguard_sidecar.guardrails.engine import Engine
 from aiguard_sidecar.hooks import Verdict
-from aiguard_sidecar.providers.openai import ChatStream
+from aiguard_sidecar.providers.openai import ChatStream, ResponsesStream
 
 MAPPING = {"<EMAIL_ADDRESS_1>": "jane.doe@example.com", "<PHONE_NUMBER_1>": "+1 212 555 0100"}
 NO_SCANNERS = Engine(Direction.OUTPUT, [])
@@ -96,3 +96,65 @@ def test_a_lone_angle_bracket_is_not_held_once_it_cannot_be_a_placeholder() -> N
     _, progress = run([{0: "if a <"}, {0: " b then"}, {0: " done"}])
     assert progress[0] == 0
     assert progress[1] == 2
+
+
+def _responses_events(pieces: list[str], whole: str) -> list[bytes]:
+    def ev(obj: dict[str, Any]) -> bytes:
+        return f"event: {obj['type']}\ndata: {json.dumps(obj)}\n\n".encode()
+
+    deltas = [
+        ev(
+            {
+                "type": "response.output_text.delta",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": p,
+            }
+        )
+        for p in pieces
+    ]
+    done = ev(
+        {"type": "response.output_text.done", "output_index": 0, "content_index": 0, "text": whole}
+    )
+    completed = ev(
+        {
+            "type": "response.completed",
+            "response": {"id": "r", "model": "m", "status": "completed", "output": []},
+        }
+    )
+    return [*deltas, done, completed]
+
+
+def test_a_long_answer_restores_every_placeholder_and_its_closing_snapshot() -> None:
+    """Hundreds of placeholders over thousands of events: each is restored where the client
+    sees it, and the closing event that repeats the whole text (Responses API) carries the
+    restored text, including the replacements long since released (kept apart from the
+    window's)."""
+    words = (TEXT + " ").split(" ") * 300
+    whole = "".join(w + " " for w in words)
+    expected = whole.replace("<EMAIL_ADDRESS_1>", MAPPING["<EMAIL_ADDRESS_1>"]).replace(
+        "<PHONE_NUMBER_1>", MAPPING["<PHONE_NUMBER_1>"]
+    )
+    for holdback in (0, 128):
+        ex = Exchange(WireFormat.OPENAI, Api.RESPONSES, Operation.RESPONSES, "m", stream=True)
+        parser = ResponsesStream(ex)
+        guard = _StreamGuard(NO_SCANNERS, holdback, "m", MAPPING)
+        streamed, snapshot = "", None
+        for block in _responses_events([w + " " for w in words], whole):
+            event = parser.feed(block)
+            verdict = guard.on_event(event)
+            out = [*verdict.released]
+            if verdict.verdict is not Verdict.HOLD:
+                out.append(event)
+            for e in out:
+                obj = json.loads(e.render().decode().split("data: ", 1)[1])
+                if obj["type"] == "response.output_text.delta":
+                    streamed += obj["delta"]
+                elif obj["type"] == "response.output_text.done":
+                    snapshot = obj["text"]
+        streamed += "".join(
+            json.loads(e.render().decode().split("data: ", 1)[1]).get("delta", "")
+            for e in guard.on_end().released
+        )
+        assert streamed == expected, holdback
+        assert snapshot == expected, holdback
