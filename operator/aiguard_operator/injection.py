@@ -835,7 +835,7 @@ def _route_env(container: dict[str, Any], plan: InjectionPlan) -> tuple[list[str
     #    (their choice stands, unless the policy says to override it). An explicit base URL is
     #    a choice for that provider: its placeholder key is not added either, as it would
     #    replace a key the app loads with envFrom and break the calls it chose to make.
-    present = {e.get("name") for e in env}
+    present = {n for e in env if isinstance(n := e.get("name"), str)}  # (a pod may be malformed)
     keys_left_alone = {
         key
         for url, key in PROVIDER_KEY_OF_URL.items()
