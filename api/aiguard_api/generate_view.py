@@ -54,13 +54,7 @@ METHODS: dict[str, str] = {
 
 # Models whose defaults the sidecar needs as views (the capture masker builds its guardrail
 # config from them): ``DEFAULT_<NAME>`` = the view of ``Model()``.
-DEFAULTS: tuple[str, ...] = (
-    "InputGuardrails",
-    "ModerationGuardrail",
-    "PIIGuardrail",
-    "PromptInjectionGuardrail",
-    "SecretsGuardrail",
-)
+DEFAULTS: tuple[str, ...] = ("InputGuardrails",)
 
 
 class ViewError(TypeError):

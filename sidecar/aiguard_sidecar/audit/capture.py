@@ -29,13 +29,7 @@ from dataclasses import replace
 from typing import Any
 
 from aiguard_api.policy_types import FailureMode, PIIAction, SecretsAction
-from aiguard_api.view import (
-    DEFAULT_INPUT_GUARDRAILS,
-    DEFAULT_MODERATION_GUARDRAIL,
-    DEFAULT_PII_GUARDRAIL,
-    DEFAULT_PROMPT_INJECTION_GUARDRAIL,
-    DEFAULT_SECRETS_GUARDRAIL,
-)
+from aiguard_api.view import DEFAULT_INPUT_GUARDRAILS
 from aiguard_sidecar.guardrails import patterns
 from aiguard_sidecar.guardrails.base import Direction, Role, ScanContext, Segment
 from aiguard_sidecar.guardrails.engine import ERROR, Engine, build_engine
@@ -51,15 +45,16 @@ def _masker() -> Engine:
     global _engine
     with _lock:
         if _engine is None:
-            side = replace(  # the defaults (aiguard_api.view) but for these
-                DEFAULT_INPUT_GUARDRAILS,
+            base = DEFAULT_INPUT_GUARDRAILS  # the defaults (aiguard_api.view) but for these
+            side = replace(
+                base,
                 pii=replace(
-                    DEFAULT_PII_GUARDRAIL,
+                    base.pii,
                     entities=dict.fromkeys(sorted(patterns.SUPPORTED_ENTITIES), PIIAction.REDACT),
                 ),
-                secrets=replace(DEFAULT_SECRETS_GUARDRAIL, action=SecretsAction.REDACT),
-                prompt_injection=replace(DEFAULT_PROMPT_INJECTION_GUARDRAIL, enabled=False),
-                moderation=replace(DEFAULT_MODERATION_GUARDRAIL, enabled=False),
+                secrets=replace(base.secrets, action=SecretsAction.REDACT),
+                prompt_injection=replace(base.prompt_injection, enabled=False),
+                moderation=replace(base.moderation, enabled=False),
             )
             _engine = build_engine(side, failure_mode=FailureMode.CLOSED)
         return _engine
